@@ -1,0 +1,1 @@
+"""Alembic migrations of the outbox schema (applied by ``outbox db upgrade``)."""

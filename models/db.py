@@ -1,0 +1,91 @@
+"""Engine and session setup from OUTBOX_DATABASE_URL, safe under Celery's prefork pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any
+
+from sqlalchemy import URL, Engine, create_engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import errors
+
+DATABASE_URL_ENV = "OUTBOX_DATABASE_URL"
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/outbox"
+# A drain or producer statement that runs longer than this is stuck, not slow.
+STATEMENT_TIMEOUT_MS = 60_000
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+
+
+def database_url(environ: dict[str, str] | None = None) -> URL:
+    """Return the configured database URL, with the psycopg 3 driver filled in."""
+    env = os.environ if environ is None else environ
+    return normalize_url(env.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL)
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url`` and make ``postgresql://`` mean the psycopg 3 driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise errors.ConfigError(f"{DATABASE_URL_ENV} is not a valid SQLAlchemy URL") from exc
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername != "postgresql+psycopg":
+        raise errors.ConfigError(
+            f"{DATABASE_URL_ENV} must use PostgreSQL with the psycopg 3 driver "
+            f"(postgresql+psycopg://...), got driver {parsed.drivername!r}"
+        )
+    return parsed
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """Create an engine for ``url`` with the project's JSON and timeout settings."""
+    options = kwargs.pop("connect_args", {})
+    options.setdefault("options", f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+    options.setdefault("application_name", "outbox")
+    return create_engine(
+        normalize_url(url),
+        pool_pre_ping=True,
+        json_serializer=_json_dumps,
+        connect_args=options,
+        **kwargs,
+    )
+
+
+def get_engine(url: str | URL | None = None) -> Engine:
+    """Return this process's engine for ``url`` (default: the configured URL), built once."""
+    key = (normalize_url(url) if url is not None else database_url()).render_as_string(
+        hide_password=False
+    )
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = make_engine(key)
+        return engine
+
+
+def session_factory(url: str | URL | None = None) -> sessionmaker[Session]:
+    """Return a session factory bound to this process's engine for ``url``."""
+    return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+def _forget_inherited_pools() -> None:
+    # A forked child (a prefork worker process) must never use the parent's pooled sockets:
+    # drop them without closing, so the parent's connections stay intact.
+    global _lock
+    _lock = threading.Lock()
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_pools)

@@ -1,0 +1,92 @@
+"""The producer API: create runs and append their events inside the caller's transaction."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from models import errors
+from models.ids import parse_run_id
+from models.run import Run, RunEvent, RunOutbox
+
+MAX_PAYLOAD_BYTES_ENV = "OUTBOX_MAX_PAYLOAD_BYTES"
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+# Row lock on the run's counter row: concurrent producers of one run queue here, so seq order is
+# commit order and a rollback leaves no gap. Drains never touch this column.
+_NEXT_SEQ = text("UPDATE runs SET last_seq = last_seq + 1 WHERE id = :run_id RETURNING last_seq")
+# JSON escapes U+0000 as \u0000, which JSONB refuses; an escaped backslash before it does not count.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def max_payload_bytes(environ: dict[str, str] | None = None) -> int:
+    """Return the payload size limit from OUTBOX_MAX_PAYLOAD_BYTES (default 1 MiB)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(MAX_PAYLOAD_BYTES_ENV)
+    if not raw:
+        return DEFAULT_MAX_PAYLOAD_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise errors.ConfigError(f"{MAX_PAYLOAD_BYTES_ENV} must be a positive integer")
+    return value
+
+
+def encode_payload(payload: object, limit: int) -> str:
+    """Return ``payload`` as JSON text, or raise InvalidPayload / PayloadTooLarge."""
+    try:
+        encoded = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise errors.InvalidPayload(f"payload is not JSON-serialisable: {exc}") from exc
+    if _NUL_ESCAPE.search(encoded):
+        raise errors.InvalidPayload("payload contains U+0000, which PostgreSQL JSONB cannot store")
+    size = len(encoded.encode("utf-8"))
+    if size > limit:
+        raise errors.PayloadTooLarge(
+            f"payload is {size} bytes as JSON, over the limit of {limit} bytes "
+            f"(set {MAX_PAYLOAD_BYTES_ENV} to change it)"
+        )
+    return encoded
+
+
+def create_run(session: Session, run_id: uuid.UUID | str | None = None) -> Run:
+    """Create a run and its outbox row in the caller's transaction; ``.id`` is set at once."""
+    run = Run(id=uuid.uuid4() if run_id is None else parse_run_id(run_id), last_seq=0)
+    run.outbox = RunOutbox(run_id=run.id)
+    session.add(run)
+    # Flush now so that append_event's counter UPDATE in this transaction finds the row.
+    session.flush()
+    return run
+
+
+def append_event(
+    session: Session,
+    run_id: uuid.UUID | str,
+    type: str,
+    payload: object,
+    *,
+    max_bytes: int | None = None,
+) -> RunEvent:
+    """Add the run's next event in the caller's transaction; it is published after commit.
+
+    Raises InvalidRunId, UnknownRun, InvalidPayload or PayloadTooLarge before anything is
+    written, so a refused event never reaches the outbox.
+    """
+    rid = parse_run_id(run_id)
+    if not isinstance(type, str) or not type:
+        raise errors.InvalidPayload(f"event type must be a non-empty string, got {type!r}")
+    encode_payload(payload, max_payload_bytes() if max_bytes is None else max_bytes)
+    seq = session.execute(_NEXT_SEQ, {"run_id": rid}).scalar_one_or_none()
+    if seq is None:
+        raise errors.UnknownRun(f"no run with id {rid}")
+    event = RunEvent(run_id=rid, seq=seq, type=type, payload=payload)
+    session.add(event)
+    session.flush([event])
+    return event

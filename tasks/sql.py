@@ -1,0 +1,134 @@
+"""The SQL of the drain, in one place. Every value is a bound parameter.
+
+Arrays are passed whole (``= ANY(:ids)``, ``unnest(...)``) so one statement serves a batch of
+any size: the hot path never issues a statement per event.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+# Step 1a. FOR KEY SHARE on the run first: a cascading DELETE FROM runs in progress makes us skip
+# the run (and an in-progress drain makes the delete wait), so the drain and the delete never
+# take their row locks in opposite orders. Producers' counter updates do not conflict with it.
+LOCK_RUNS = text(
+    "SELECT id FROM runs WHERE id = ANY(CAST(:run_ids AS uuid[]))"
+    " ORDER BY id FOR KEY SHARE SKIP LOCKED"
+)
+
+# Step 1b. The drain cursor: one drainer per run at a time, the others skip.
+LOCK_CURSORS = text(
+    "SELECT run_id, next_seq, status FROM run_outbox"
+    " WHERE run_id = ANY(CAST(:run_ids AS uuid[]))"
+    " ORDER BY run_id FOR UPDATE SKIP LOCKED"
+)
+
+# Tells a run that another transaction holds ("locked") from one that does not exist.
+EXISTING_RUNS = text("SELECT id FROM runs WHERE id = ANY(CAST(:run_ids AS uuid[]))")
+
+# Step 2. Up to :batch_size events per run from its cursor, in seq order, cut short once the
+# run's batch holds :max_bytes (the first event always goes, whatever its size). The inner LIMIT
+# comes before the window so only the batch's rows are ever read.
+READ_BATCH = text(
+    """
+    SELECT c.run_id, b.id, b.seq, b.type, b.payload, b.fetched
+    FROM unnest(CAST(:run_ids AS uuid[]), CAST(:next_seqs AS bigint[])) AS c(run_id, next_seq)
+    CROSS JOIN LATERAL (
+        SELECT w.id, w.seq, w.type, CAST(w.payload AS text) AS payload,
+               count(*) OVER () AS fetched,
+               sum(w.size) OVER (ORDER BY w.seq) - w.size AS bytes_before
+        FROM (
+            SELECT e.id, e.seq, e.type, e.payload, pg_column_size(e.payload) AS size
+            FROM run_events AS e
+            WHERE e.run_id = c.run_id AND e.seq >= c.next_seq
+            ORDER BY e.seq
+            LIMIT :batch_size
+        ) AS w
+    ) AS b
+    WHERE b.bytes_before < :max_bytes
+    ORDER BY c.run_id, b.seq
+    """
+)
+
+# Step 4. Update-if-exists: rows deleted meanwhile are simply not updated.
+MARK_PUBLISHED = text(
+    "UPDATE run_events SET published_at = now()"
+    " WHERE id = ANY(CAST(:event_ids AS bigint[])) AND published_at IS NULL"
+)
+
+ADVANCE_CURSORS = text(
+    """
+    UPDATE run_outbox AS o
+    SET next_seq = c.next_seq, attempts = 0, last_error = NULL,
+        last_published_at = now(), updated_at = now()
+    FROM unnest(CAST(:run_ids AS uuid[]), CAST(:next_seqs AS bigint[])) AS c(run_id, next_seq)
+    WHERE o.run_id = c.run_id
+    """
+)
+
+RECORD_FAILURE = text(
+    """
+    UPDATE run_outbox
+    SET attempts = attempts + 1, last_error = :error, updated_at = now(),
+        status = CASE WHEN attempts + 1 >= :max_attempts THEN 'stalled' ELSE status END
+    WHERE run_id = ANY(CAST(:run_ids AS uuid[]))
+    RETURNING run_id, status
+    """
+)
+
+RESUME = text(
+    "UPDATE run_outbox SET status = 'active', attempts = 0, last_error = NULL, updated_at = now()"
+    " WHERE run_id = ANY(CAST(:run_ids AS uuid[])) RETURNING run_id"
+)
+
+RESUME_ALL = text(
+    "UPDATE run_outbox SET status = 'active', attempts = 0, last_error = NULL, updated_at = now()"
+    " WHERE status = 'stalled' RETURNING run_id"
+)
+
+# Runs with events committed at or after their (new) cursor: checked after a short batch, since
+# a producer may have committed while the run was locked and its kick found it "locked".
+RUNS_WITH_MORE = text(
+    """
+    SELECT c.run_id
+    FROM unnest(CAST(:run_ids AS uuid[]), CAST(:next_seqs AS bigint[])) AS c(run_id, next_seq)
+    WHERE EXISTS (SELECT 1 FROM run_events AS e WHERE e.run_id = c.run_id AND e.seq >= c.next_seq)
+    """
+)
+
+# Active runs with unpublished events, found by a skip scan of the partial index of pending
+# events: one index probe per run, whatever the size of the published history.
+FIND_PENDING = text(
+    """
+    WITH RECURSIVE pending(run_id) AS (
+        (SELECT run_id FROM run_events WHERE published_at IS NULL ORDER BY run_id LIMIT 1)
+        UNION ALL
+        SELECT (
+            SELECT e.run_id FROM run_events AS e
+            WHERE e.published_at IS NULL AND e.run_id > p.run_id
+            ORDER BY e.run_id LIMIT 1
+        )
+        FROM pending AS p
+        WHERE p.run_id IS NOT NULL
+    )
+    SELECT p.run_id FROM pending AS p
+    JOIN run_outbox AS o ON o.run_id = p.run_id
+    WHERE o.status = 'active'
+    LIMIT :limit
+    """
+)
+
+# What `outbox status` shows: per run with pending events or parked, the backlog and its age.
+STATUS = text(
+    """
+    SELECT o.run_id, o.status, o.attempts, o.last_error, o.next_seq,
+           count(e.id) AS pending, min(e.created_at) AS oldest_pending
+    FROM run_outbox AS o
+    LEFT JOIN run_events AS e ON e.run_id = o.run_id AND e.published_at IS NULL
+    WHERE o.status = 'stalled'
+       OR o.run_id IN (SELECT run_id FROM run_events WHERE published_at IS NULL)
+    GROUP BY o.run_id
+    ORDER BY min(e.created_at) NULLS LAST, o.run_id
+    LIMIT :limit
+    """
+)

@@ -1,0 +1,187 @@
+"""All Redis access: the stream publisher, reading streams back, and the queued-drain marks."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import redis
+
+from tasks import errors
+
+# Adds one run's batch in seq order with explicit ids "<seq>-0". Redis refuses an id that is not
+# above the stream's top ("equal or smaller than the target stream top item"): that entry is
+# already in the stream, so it is skipped. Any other error stops the script at that entry, so a
+# failed entry is never followed by a later one: the stream never gets a gap that a retry could
+# not fill. Returns the number of entries added.
+_ADD_BATCH_LUA = """
+local added = 0
+for i = 1, #ARGV, 3 do
+  local reply = redis.pcall('XADD', KEYS[1], ARGV[i] .. '-0', 'type', ARGV[i + 1],
+                            'payload', ARGV[i + 2])
+  if type(reply) == 'table' and reply.err then
+    if not string.find(reply.err, 'equal or smaller', 1, true) then
+      return redis.error_reply('seq ' .. ARGV[i] .. ': ' .. reply.err)
+    end
+  else
+    added = added + 1
+  end
+end
+return added
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """One event as the sink sees it."""
+
+    run_id: uuid.UUID
+    seq: int
+    type: str
+    payload: str  # JSON text
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishOutcome:
+    """What a publish did: entries added (duplicates excluded) and runs whose entries failed."""
+
+    added: int = 0
+    failed: dict[uuid.UUID, str] = dataclasses.field(default_factory=dict)
+
+
+class Publisher(Protocol):
+    """A sink that takes batches of entries, grouped by run and in seq order within a run."""
+
+    def publish(self, entries: Sequence[Entry]) -> PublishOutcome:
+        """Publish ``entries`` idempotently.
+
+        Entries already in the sink are skipped, never duplicated. A run whose entries fail is
+        listed in ``PublishOutcome.failed`` and none of its entries after the failed one are
+        added. Raises TransientPublishError when the sink cannot be reached at all.
+        """
+        ...
+
+
+def stream_key(prefix: str, run_id: uuid.UUID) -> str:
+    """Return the Redis key of the run's stream."""
+    return f"{prefix}{run_id}"
+
+
+def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
+    """Return a Redis client for ``url`` with timeouts on every call."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+
+
+class RedisStreamPublisher:
+    """Publishes each run's entries to its own stream, one round trip per batch."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._script_sha: str | None = None
+
+    def publish(self, entries: Sequence[Entry]) -> PublishOutcome:
+        by_run: dict[uuid.UUID, list[str | int]] = {}
+        for entry in entries:
+            by_run.setdefault(entry.run_id, []).extend((entry.seq, entry.type, entry.payload))
+        if not by_run:
+            return PublishOutcome()
+        try:
+            replies = self._run_scripts(by_run)
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                # The server lost its script cache (a restart): load it again and re-send.
+                # Re-sending is safe because adding an entry twice is a no-op.
+                self._script_sha = None
+                replies = self._run_scripts(by_run)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise errors.TransientPublishError(f"Redis unreachable: {exc}") from exc
+        added = 0
+        failed: dict[uuid.UUID, str] = {}
+        for run_id, reply in zip(by_run, replies, strict=True):
+            if isinstance(reply, Exception):
+                failed[run_id] = str(reply)
+            else:
+                added += int(reply)
+        return PublishOutcome(added=added, failed=failed)
+
+    def _run_scripts(self, by_run: dict[uuid.UUID, list[str | int]]) -> list[Any]:
+        if self._script_sha is None:
+            self._script_sha = str(self.client.script_load(_ADD_BATCH_LUA))
+        pipe = self.client.pipeline(transaction=False)
+        for run_id, args in by_run.items():
+            pipe.evalsha(self._script_sha, 1, stream_key(self.prefix, run_id), *args)
+        return list(pipe.execute(raise_on_error=False))
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamEntry:
+    """An entry read back from a run's stream."""
+
+    seq: int
+    type: str
+    payload: str
+
+
+def _decode(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[StreamEntry]:
+    return [
+        StreamEntry(
+            seq=int(entry_id.split(b"-", 1)[0]),
+            type=fields.get(b"type", b"").decode(),
+            payload=fields.get(b"payload", b"").decode(),
+        )
+        for entry_id, fields in entries
+    ]
+
+
+def read_stream(
+    client: redis.Redis, prefix: str, run_id: uuid.UUID, *, after: int = 0, count: int = 1000
+) -> list[StreamEntry]:
+    """Return up to ``count`` entries of the run's stream with seq above ``after``."""
+    entries = client.xrange(stream_key(prefix, run_id), min=f"({after}-0", count=count)
+    return _decode(entries)
+
+
+def wait_stream(
+    client: redis.Redis, prefix: str, run_id: uuid.UUID, *, after: int, block_ms: int
+) -> list[StreamEntry]:
+    """Block up to ``block_ms`` for entries with seq above ``after``."""
+    key = stream_key(prefix, run_id)
+    reply = client.xread({key: f"{after}-0"}, block=block_ms, count=1000)
+    return _decode(reply[0][1]) if reply else []
+
+
+class QueuedDrains:
+    """Marks of "a drain of this run is queued", so the queue never holds two of one run.
+
+    A mark is set (SET NX) before a drain is enqueued and removed when that drain starts. It
+    expires after ``ttl`` seconds, so a message lost by the broker never blocks a run for long.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str, ttl: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl = ttl
+
+    def _key(self, run_id: uuid.UUID) -> str:
+        return f"{self.prefix}{run_id}:queued"
+
+    def claim(self, run_ids: Sequence[uuid.UUID], *, ttl: int | None = None) -> list[uuid.UUID]:
+        """Set the marks of ``run_ids`` that are not set; return the runs whose mark this set."""
+        if not run_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.set(self._key(run_id), 1, nx=True, ex=ttl or self.ttl)
+        return [run_id for run_id, ok in zip(run_ids, pipe.execute(), strict=True) if ok]
+
+    def release(self, run_ids: Sequence[uuid.UUID]) -> None:
+        """Remove the marks of ``run_ids``: their queued drain has started."""
+        if run_ids:
+            self.client.delete(*(self._key(run_id) for run_id in run_ids))
