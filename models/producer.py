@@ -88,5 +88,5 @@ def append_event(
         raise errors.UnknownRun(f"no run with id {rid}")
     event = RunEvent(run_id=rid, seq=seq, type=type, payload=payload)
     session.add(event)
-    session.flush([event])
+    session.flush()
     return event

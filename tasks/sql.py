@@ -34,11 +34,11 @@ READ_BATCH = text(
     SELECT c.run_id, b.id, b.seq, b.type, b.payload, b.fetched
     FROM unnest(CAST(:run_ids AS uuid[]), CAST(:next_seqs AS bigint[])) AS c(run_id, next_seq)
     CROSS JOIN LATERAL (
-        SELECT w.id, w.seq, w.type, CAST(w.payload AS text) AS payload,
-               count(*) OVER () AS fetched,
-               sum(w.size) OVER (ORDER BY w.seq) - w.size AS bytes_before
+        SELECT w.id, w.seq, w.type, w.payload, count(*) OVER () AS fetched,
+               sum(octet_length(w.payload)) OVER (ORDER BY w.seq) - octet_length(w.payload)
+                   AS bytes_before
         FROM (
-            SELECT e.id, e.seq, e.type, e.payload, pg_column_size(e.payload) AS size
+            SELECT e.id, e.seq, e.type, CAST(e.payload AS text) AS payload
             FROM run_events AS e
             WHERE e.run_id = c.run_id AND e.seq >= c.next_seq
             ORDER BY e.seq

@@ -1,0 +1,66 @@
+"""Small helpers the tests share: seeding, reading streams back, waiting on a condition."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import RunEvent, RunOutbox, append_event, create_run
+from tasks.streams import read_stream
+
+
+def seed(
+    Session: sessionmaker[Session],  # noqa: N803
+    runs: int = 1,
+    events: int = 3,
+) -> list[uuid.UUID]:
+    """Create ``runs`` runs with ``events`` events each, committed; return their ids."""
+    ids = []
+    with Session() as session, session.begin():
+        for _ in range(runs):
+            run = create_run(session)
+            for n in range(1, events + 1):
+                append_event(session, run.id, "seeded", {"n": n})
+            ids.append(run.id)
+    return ids
+
+
+def append(Session: sessionmaker[Session], run_id: uuid.UUID, count: int) -> None:  # noqa: N803
+    """Append ``count`` events to a run in one committed transaction."""
+    with Session() as session, session.begin():
+        for n in range(count):
+            append_event(session, run_id, "appended", {"n": n})
+
+
+def stream_seqs(client: redis.Redis, prefix: str, run_id: uuid.UUID) -> list[int]:
+    """Return every seq in the run's stream, in stream order."""
+    seqs: list[int] = []
+    while True:
+        entries = read_stream(client, prefix, run_id, after=seqs[-1] if seqs else 0)
+        if not entries:
+            return seqs
+        seqs.extend(e.seq for e in entries)
+
+
+def db_state(Session: sessionmaker[Session], run_id: uuid.UUID) -> tuple[int, int, int]:  # noqa: N803
+    """Return (next_seq, published events, unpublished events) of a run."""
+    with Session() as session:
+        next_seq = session.scalar(select(RunOutbox.next_seq).where(RunOutbox.run_id == run_id))
+        flags = session.scalars(
+            select(RunEvent.published_at.is_not(None)).where(RunEvent.run_id == run_id)
+        ).all()
+    return int(next_seq or 0), sum(flags), len(flags) - sum(flags)
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

@@ -1,0 +1,174 @@
+"""Deletes (of runs and of events) racing drains: no crash, no deadlock, a clean status."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Sequence
+
+import redis
+from sqlalchemy import Engine, delete, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import RunEvent
+from tasks import Status, drain_outbox_for_run, drain_outbox_once
+from tasks.drain import drain_batch
+from tasks.settings import Settings
+from tasks.streams import Entry, PublishOutcome, RedisStreamPublisher
+from tests.helpers import db_state, seed, stream_seqs, wait_until
+
+
+class PublishThen(RedisStreamPublisher):
+    """The real Redis publisher that runs ``before`` once, between the lock and the update."""
+
+    def __init__(self, real: RedisStreamPublisher, before: object) -> None:
+        super().__init__(real.client, real.prefix)
+        self.before = before
+
+    def publish(self, entries: Sequence[Entry]) -> PublishOutcome:
+        if self.before is not None:
+            before, self.before = self.before, None
+            before()  # type: ignore[operator]
+        return super().publish(entries)
+
+
+def _lock_waiters(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        )
+
+
+def test_a_run_deleted_while_its_drain_holds_it_waits_then_the_next_drain_finds_it_missing(
+    Session: sessionmaker[Session], engine: Engine, publisher: RedisStreamPublisher,
+    settings: Settings, redis_client: redis.Redis,
+) -> None:
+    [run_id] = seed(Session, events=4)
+    deleter_errors: list[BaseException] = []
+
+    def delete_run() -> None:
+        try:
+            with Session() as session, session.begin():
+                session.execute(text("DELETE FROM runs WHERE id = :r"), {"r": run_id})
+        except BaseException as exc:  # reported below
+            deleter_errors.append(exc)
+
+    deleter = threading.Thread(target=delete_run)
+
+    def start_delete_and_let_it_block() -> None:
+        deleter.start()
+        wait_until(lambda: _lock_waiters(engine) >= 1, 10, "the DELETE to wait on the drain")
+
+    racing = PublishThen(publisher, start_delete_and_let_it_block)
+    result = drain_outbox_for_run(run_id, session_factory=Session, publisher=racing, settings=settings)
+    deleter.join(timeout=10)
+
+    assert (result.status, result.published) == (Status.DRAINED, 4)
+    assert deleter_errors == []
+    assert stream_seqs(redis_client, settings.stream_prefix, run_id) == [1, 2, 3, 4]
+    after = drain_outbox_for_run(run_id, session_factory=Session, publisher=publisher, settings=settings)
+    assert (after.status, after.published) == (Status.MISSING, 0)
+
+
+def test_a_drain_that_meets_a_delete_in_progress_skips_the_run_without_waiting(
+    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    redis_client: redis.Redis,
+) -> None:
+    [run_id] = seed(Session, events=2)
+    kwargs = {"session_factory": Session, "publisher": publisher, "settings": settings}
+    with Session() as deleter, deleter.begin():
+        deleter.execute(text("DELETE FROM runs WHERE id = :r"), {"r": run_id})
+        during = drain_outbox_for_run(run_id, **kwargs)
+    after = drain_outbox_for_run(run_id, **kwargs)
+
+    assert (during.status, during.published) == (Status.LOCKED, 0)
+    assert (after.status, after.published) == (Status.MISSING, 0)
+    assert stream_seqs(redis_client, settings.stream_prefix, run_id) == []
+
+
+def test_events_deleted_between_the_lock_and_the_update_end_the_drain_cleanly(
+    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    redis_client: redis.Redis,
+) -> None:
+    [run_id] = seed(Session, events=5)
+
+    def delete_some_events() -> None:
+        with Session() as session, session.begin():
+            session.execute(
+                delete(RunEvent).where(RunEvent.run_id == run_id, RunEvent.seq.in_([2, 4]))
+            )
+
+    racing = PublishThen(publisher, delete_some_events)
+    result = drain_outbox_for_run(run_id, session_factory=Session, publisher=racing, settings=settings)
+
+    assert result.status == Status.DRAINED
+    # Read before the delete, so in the stream; the rows the update found are marked.
+    assert stream_seqs(redis_client, settings.stream_prefix, run_id) == [1, 2, 3, 4, 5]
+    assert db_state(Session, run_id) == (6, 3, 0)
+
+
+def test_deleting_runs_while_many_threads_drain_them_never_crashes_or_deadlocks(
+    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+) -> None:
+    runs = seed(Session, runs=30, events=20)
+    doomed = runs[::2]
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    statuses: set[str] = set()
+
+    def drainer(seed_value: int) -> None:
+        order = random.Random(seed_value)
+        try:
+            while not stop.is_set():
+                run_id = order.choice(runs)
+                result = drain_outbox_for_run(
+                    run_id, session_factory=Session, publisher=publisher, settings=settings
+                )
+                statuses.add(result.status.value)
+                drain_outbox_once(session_factory=Session, publisher=publisher, settings=settings)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    def deleter() -> None:
+        try:
+            for run_id in doomed:
+                with Session() as session, session.begin():
+                    session.execute(text("DELETE FROM runs WHERE id = :r"), {"r": run_id})
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=drainer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    deleting = threading.Thread(target=deleter)
+    deleting.start()
+    deleting.join(timeout=60)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert failures == []
+    assert statuses <= {"drained", "locked", "missing"}
+    for run_id in set(runs) - set(doomed):
+        drain_outbox_for_run(run_id, session_factory=Session, publisher=publisher, settings=settings)
+        assert db_state(Session, run_id) == (21, 20, 0)
+    for run_id in doomed:
+        assert db_state(Session, run_id) == (0, 0, 0)
+
+
+def test_draining_a_run_id_that_never_existed_alongside_real_runs_reports_each(
+    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+) -> None:
+    [run_id] = seed(Session, events=1)
+    ghost = uuid.uuid4()
+
+    outcomes = drain_batch(Session, publisher, [run_id, ghost], settings)
+
+    assert (outcomes[run_id].status, outcomes[run_id].published) == (Status.DRAINED, 1)
+    assert outcomes[ghost].status == Status.MISSING
