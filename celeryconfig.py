@@ -1,7 +1,7 @@
 """Celery settings for the outbox publisher, every one read from the environment.
 
 Loaded by module name (``app.config_from_object("celeryconfig")``), as Celery recommends, so
-prefork children read the same settings. JSON only: pickle is never accepted.
+prefork children read the same settings. Messages are JSON, and only JSON is accepted.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ def _float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if not raw:
         return default
-    value = float(raw)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0
     if value <= 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {raw!r}")
     return value

@@ -10,6 +10,7 @@ from models.errors import (
     InvalidRunId,
     OutboxError,
     PayloadTooLarge,
+    RunExists,
     UnknownRun,
 )
 from models.ids import parse_run_id
@@ -26,6 +27,7 @@ __all__ = [
     "PayloadTooLarge",
     "Run",
     "RunEvent",
+    "RunExists",
     "RunOutbox",
     "UnknownRun",
     "append_event",

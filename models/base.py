@@ -19,4 +19,5 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dt.datetime: TIMESTAMP(timezone=True)}
+    # SQLAlchemy reads this class attribute as declared; it is never mutated.
+    type_annotation_map = {dt.datetime: TIMESTAMP(timezone=True)}  # noqa: RUF012

@@ -18,6 +18,10 @@ class UnknownRun(OutboxError, LookupError):
     """No run with this id exists."""
 
 
+class RunExists(OutboxError):
+    """A run with this id exists already."""
+
+
 class InvalidPayload(OutboxError, ValueError):
     """Payload cannot be stored as JSON."""
 

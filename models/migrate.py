@@ -37,7 +37,7 @@ def ensure_database(url: URL) -> bool:
     except psycopg.errors.InsufficientPrivilege as exc:
         raise errors.ConfigError(
             f"database {name!r} does not exist and this role may not create it; ask an "
-            f"administrator to run: CREATE DATABASE \"{name}\" OWNER \"{url.username or ''}\";"
+            f'administrator to run: CREATE DATABASE "{name}" OWNER "{url.username or ""}";'
         ) from exc
     except psycopg.OperationalError as exc:
         raise errors.ConfigError(

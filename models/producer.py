@@ -57,8 +57,14 @@ def encode_payload(payload: object, limit: int) -> str:
 
 
 def create_run(session: Session, run_id: uuid.UUID | str | None = None) -> Run:
-    """Create a run and its outbox row in the caller's transaction; ``.id`` is set at once."""
-    run = Run(id=uuid.uuid4() if run_id is None else parse_run_id(run_id), last_seq=0)
+    """Create a run and its outbox row in the caller's transaction; ``.id`` is set at once.
+
+    Raises InvalidRunId for a malformed ``run_id`` and RunExists for one already taken.
+    """
+    rid = uuid.uuid4() if run_id is None else parse_run_id(run_id)
+    if run_id is not None and session.get(Run, rid) is not None:
+        raise errors.RunExists(f"a run with id {rid} exists already")
+    run = Run(id=rid, last_seq=0)
     run.outbox = RunOutbox(run_id=run.id)
     session.add(run)
     # Flush now so that append_event's counter UPDATE in this transaction finds the row.

@@ -130,7 +130,9 @@ def drain_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
         try:
             report = drain.drain_outbox_for_run(run_id).as_dict()
         except PublishError as exc:
-            raise click.ClickException(f"{exc} (the attempt is recorded; see `outbox status`)")
+            raise click.ClickException(
+                f"{exc} (the attempt is recorded; see `outbox status`)"
+            ) from exc
         if report["status"] == drain.Status.MISSING:
             raise click.ClickException(f"no run with id {run_id}")
     else:

@@ -102,8 +102,8 @@ def drain_batch(
     Raises
     ------
     TransientPublishError
-        The sink was unreachable; nothing was committed, and the failure is recorded against
-        every run of the batch before the error propagates.
+        The sink was unreachable; nothing was committed. The error is noted on the runs
+        (``last_error``) but not counted towards parking them: an outage is nobody's fault.
     """
     ids = sorted(set(run_ids))
     outcomes: dict[uuid.UUID, BatchOutcome] = {}
@@ -111,7 +111,7 @@ def drain_batch(
     try:
         return _drain_locked(session_factory, publisher, ids, settings, outcomes, active)
     except errors.TransientPublishError as exc:
-        _record_failure_apart(session_factory, list(active), str(exc), settings)
+        _record_outage(session_factory, list(active), str(exc))
         raise
 
 
@@ -188,20 +188,20 @@ def _record_failure(
     ).all()
     parked = [r.run_id for r in rows if r.status == "stalled"]
     for rid in parked:
-        logger.error("run %s stalled after %d failed attempts: %s", rid, settings.max_attempts, error)
+        logger.error(
+            "run %s stalled after %d failed attempts: %s", rid, settings.max_attempts, error
+        )
     return parked
 
 
-def _record_failure_apart(
-    session_factory: SessionFactory, run_ids: list[uuid.UUID], error: str, settings: Settings
-) -> None:
-    # The batch's transaction is gone; the record is best effort, as the database may be the
-    # very thing that failed.
+def _record_outage(session_factory: SessionFactory, run_ids: list[uuid.UUID], error: str) -> None:
+    # The batch's transaction is gone, so this is a new one; best effort, since the database
+    # may be down too.
     try:
         with session_factory() as session, session.begin():
-            _record_failure(session, run_ids, error, settings)
+            session.execute(sql.RECORD_OUTAGE, {"run_ids": run_ids, "error": error[:2000]})
     except Exception:
-        logger.exception("could not record the failed attempt of %d runs", len(run_ids))
+        logger.exception("could not note the sink outage on %d runs", len(run_ids))
 
 
 def runs_with_more(
@@ -235,7 +235,7 @@ def drain_outbox_for_run(
         The sink refused the run's entries (the attempt is recorded; the run is parked, and
         ``stalled`` returned instead, once ``settings.max_attempts`` is reached).
     TransientPublishError
-        The sink was unreachable (the attempt is recorded in the same way).
+        The sink was unreachable (noted on the run, not counted towards parking it).
     """
     rid = parse_run_id(run_id)
     session_factory, publisher, settings = _collaborators(session_factory, publisher, settings)

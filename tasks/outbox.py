@@ -30,7 +30,7 @@ BACKOFF_MAX_SECONDS = 60
 
 def enqueue_drain(run_id: uuid.UUID) -> None:
     """Queue ``outbox.drain_run`` for ``run_id`` (callers hold its queued mark)."""
-    drain_run.apply_async(args=[str(run_id)])
+    drain_run.apply_async(args=(str(run_id),))
 
 
 @app.task(name="outbox.drain_run", bind=True, max_retries=None)

@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Any
 
-import redis
+from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import session_factory as make_session_factory
@@ -27,7 +27,7 @@ class Runtime:
 
     settings: Settings
     session_factory: SessionFactory
-    redis: redis.Redis
+    redis: Redis
     publisher: Publisher
     queued: QueuedDrains
 
@@ -37,7 +37,7 @@ class Runtime:
         settings: Settings,
         *,
         session_factory: SessionFactory | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: Redis | None = None,
         publisher: Publisher | None = None,
     ) -> Runtime:
         """Build the collaborators that are not given from ``settings``."""
@@ -50,7 +50,7 @@ class Runtime:
             session_factory=factory,
             redis=client,
             publisher=publisher or streams.RedisStreamPublisher(client, settings.stream_prefix),
-            queued=QueuedDrains(client, settings.stream_prefix, settings.queued_ttl),
+            queued=QueuedDrains(client, settings.queued_prefix, settings.queued_ttl),
         )
 
 

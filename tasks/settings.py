@@ -13,6 +13,7 @@ from tasks import errors
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STREAM_PREFIX = "outbox:run:"
+DEFAULT_QUEUED_PREFIX = "outbox:queued:"
 
 
 def _positive(env: Mapping[str, str], name: str, default: float, kind: type = int) -> float:
@@ -35,12 +36,12 @@ class Settings:
     database_url: URL
     redis_url: str = DEFAULT_REDIS_URL
     stream_prefix: str = DEFAULT_STREAM_PREFIX
+    queued_prefix: str = DEFAULT_QUEUED_PREFIX
     batch_size: int = 500
     batch_max_bytes: int = 4 * 1024 * 1024
     max_batches: int = 20
     max_attempts: int = 10
     group_size: int = 50
-    dispatch_interval: float = 1.0
     dispatch_limit: int = 10_000
     queued_ttl: int = 300
     redis_timeout: float = 5.0
@@ -53,12 +54,12 @@ class Settings:
             database_url=database_url(dict(env)),
             redis_url=env.get("OUTBOX_REDIS_URL") or DEFAULT_REDIS_URL,
             stream_prefix=env.get("OUTBOX_STREAM_PREFIX") or DEFAULT_STREAM_PREFIX,
+            queued_prefix=env.get("OUTBOX_QUEUED_PREFIX") or DEFAULT_QUEUED_PREFIX,
             batch_size=int(_positive(env, "OUTBOX_BATCH_SIZE", 500)),
             batch_max_bytes=int(_positive(env, "OUTBOX_BATCH_MAX_BYTES", 4 * 1024 * 1024)),
             max_batches=int(_positive(env, "OUTBOX_MAX_BATCHES", 20)),
             max_attempts=int(_positive(env, "OUTBOX_MAX_ATTEMPTS", 10)),
             group_size=int(_positive(env, "OUTBOX_GROUP_SIZE", 50)),
-            dispatch_interval=_positive(env, "OUTBOX_DISPATCH_INTERVAL", 1.0, float),
             dispatch_limit=int(_positive(env, "OUTBOX_DISPATCH_LIMIT", 10_000)),
             queued_ttl=int(_positive(env, "OUTBOX_QUEUED_TTL", 300)),
             redis_timeout=_positive(env, "OUTBOX_REDIS_TIMEOUT", 5.0, float),

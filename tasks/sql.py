@@ -76,6 +76,12 @@ RECORD_FAILURE = text(
     """
 )
 
+# The sink was unreachable: not the run's fault, so it is noted but does not count towards parking.
+RECORD_OUTAGE = text(
+    "UPDATE run_outbox SET last_error = :error, updated_at = now()"
+    " WHERE run_id = ANY(CAST(:run_ids AS uuid[]))"
+)
+
 RESUME = text(
     "UPDATE run_outbox SET status = 'active', attempts = 0, last_error = NULL, updated_at = now()"
     " WHERE run_id = ANY(CAST(:run_ids AS uuid[])) RETURNING run_id"

@@ -129,7 +129,7 @@ class StreamEntry:
     payload: str
 
 
-def _decode(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[StreamEntry]:
+def _decode(entries: Iterable[Any]) -> list[StreamEntry]:
     return [
         StreamEntry(
             seq=int(entry_id.split(b"-", 1)[0]),
@@ -144,7 +144,7 @@ def read_stream(
     client: redis.Redis, prefix: str, run_id: uuid.UUID, *, after: int = 0, count: int = 1000
 ) -> list[StreamEntry]:
     """Return up to ``count`` entries of the run's stream with seq above ``after``."""
-    entries = client.xrange(stream_key(prefix, run_id), min=f"({after}-0", count=count)
+    entries: Any = client.xrange(stream_key(prefix, run_id), min=f"({after}-0", count=count)
     return _decode(entries)
 
 
@@ -153,7 +153,7 @@ def wait_stream(
 ) -> list[StreamEntry]:
     """Block up to ``block_ms`` for entries with seq above ``after``."""
     key = stream_key(prefix, run_id)
-    reply = client.xread({key: f"{after}-0"}, block=block_ms, count=1000)
+    reply: Any = client.xread({key: f"{after}-0"}, block=block_ms, count=1000)
     return _decode(reply[0][1]) if reply else []
 
 
@@ -170,7 +170,7 @@ class QueuedDrains:
         self.ttl = ttl
 
     def _key(self, run_id: uuid.UUID) -> str:
-        return f"{self.prefix}{run_id}:queued"
+        return f"{self.prefix}{run_id}"
 
     def claim(self, run_ids: Sequence[uuid.UUID], *, ttl: int | None = None) -> list[uuid.UUID]:
         """Set the marks of ``run_ids`` that are not set; return the runs whose mark this set."""

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from sqlalchemy import URL, Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import URL, Engine, orm
 
 from models.db import make_engine
 from tasks import app, runtime
@@ -65,8 +64,8 @@ def engine(db_url: URL) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def Session(engine: Engine) -> sessionmaker[Session]:  # noqa: N802 - reads like the class it makes
-    return sessionmaker(engine, expire_on_commit=False)
+def Session(engine: Engine) -> orm.sessionmaker[orm.Session]:
+    return orm.sessionmaker(engine, expire_on_commit=False)
 
 
 @pytest.fixture
@@ -89,6 +88,7 @@ def settings(db_url: URL, service_urls: services.Services, key_space: str) -> Se
         database_url=db_url,
         redis_url=service_urls.redis_url,
         stream_prefix=f"{key_space}run:",
+        queued_prefix=f"{key_space}queued:",
         max_attempts=3,
     )
 
@@ -109,7 +109,7 @@ def celery_eager() -> Iterator[None]:
 @pytest.fixture
 def outbox(
     settings: Settings,
-    Session: sessionmaker[Session],  # noqa: N803
+    Session: orm.sessionmaker[orm.Session],
     redis_client: redis.Redis,
 ) -> runtime.Runtime:
     """The process runtime (used by the tasks and the CLI) pointed at this test's services."""

@@ -15,7 +15,7 @@ from tasks.streams import read_stream
 
 
 def seed(
-    Session: sessionmaker[Session],  # noqa: N803
+    Session: sessionmaker[Session],
     runs: int = 1,
     events: int = 3,
 ) -> list[uuid.UUID]:
@@ -30,7 +30,7 @@ def seed(
     return ids
 
 
-def append(Session: sessionmaker[Session], run_id: uuid.UUID, count: int) -> None:  # noqa: N803
+def append(Session: sessionmaker[Session], run_id: uuid.UUID, count: int) -> None:
     """Append ``count`` events to a run in one committed transaction."""
     with Session() as session, session.begin():
         for n in range(count):
@@ -47,7 +47,7 @@ def stream_seqs(client: redis.Redis, prefix: str, run_id: uuid.UUID) -> list[int
         seqs.extend(e.seq for e in entries)
 
 
-def db_state(Session: sessionmaker[Session], run_id: uuid.UUID) -> tuple[int, int, int]:  # noqa: N803
+def db_state(Session: sessionmaker[Session], run_id: uuid.UUID) -> tuple[int, int, int]:
     """Return (next_seq, published events, unpublished events) of a run."""
     with Session() as session:
         next_seq = session.scalar(select(RunOutbox.next_seq).where(RunOutbox.run_id == run_id))

@@ -67,7 +67,9 @@ def provide() -> Iterator[Services]:
                 from testcontainers.redis import RedisContainer
 
                 if not pg:
-                    container = stack.enter_context(PostgresContainer("postgres:16", driver="psycopg"))
+                    container = stack.enter_context(
+                        PostgresContainer("postgres:16", driver="psycopg")
+                    )
                     pg = container.get_connection_url()
                 if not rd:
                     rc = stack.enter_context(RedisContainer("redis:7"))

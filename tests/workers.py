@@ -29,6 +29,7 @@ class CeleryProcesses:
             "OUTBOX_DATABASE_URL": settings.database_url.render_as_string(hide_password=False),
             "OUTBOX_REDIS_URL": settings.redis_url,
             "OUTBOX_STREAM_PREFIX": settings.stream_prefix,
+            "OUTBOX_QUEUED_PREFIX": settings.queued_prefix,
             "OUTBOX_MAX_ATTEMPTS": str(settings.max_attempts),
             "CELERY_BROKER_URL": settings.redis_url,
             "CELERY_TASK_DEFAULT_QUEUE": queue,

@@ -7,6 +7,7 @@ import multiprocessing
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from sqlalchemy import URL
@@ -22,7 +23,7 @@ EVENTS = 300
 OK_STATUSES = {Status.DRAINED, Status.MORE, Status.LOCKED}
 
 
-def _produce(Session: sessionmaker[Session], run_id: uuid.UUID) -> None:  # noqa: N803
+def _produce(Session: sessionmaker[Session], run_id: uuid.UUID) -> None:
     appended = 0
     size = 1
     while appended < EVENTS:
@@ -41,13 +42,14 @@ def _drain_until(stop: Callable[[], bool], drain: Callable[[], Status]) -> None:
 
 
 def test_concurrent_thread_drains_while_appending_publish_each_event_once_in_order(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=0)
     small = dataclasses.replace(settings, batch_size=7, max_batches=3)
     stop = threading.Event()
-    failures: list[BaseException] = []
     statuses: set[Status] = set()
 
     def drain() -> Status:
@@ -57,35 +59,39 @@ def test_concurrent_thread_drains_while_appending_publish_each_event_once_in_ord
         statuses.add(result.status)
         return result.status
 
-    def drainer() -> None:
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        drainers = [pool.submit(_drain_until, stop.is_set, drain) for _ in range(6)]
         try:
-            _drain_until(stop.is_set, drain)
-        except BaseException as exc:  # reported below
-            failures.append(exc)
+            _produce(Session, run_id)
+        finally:
+            stop.set()
+        for drainer in drainers:
+            drainer.result(timeout=60)  # re-raises whatever a drainer raised
 
-    threads = [threading.Thread(target=drainer) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    _produce(Session, run_id)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=60)
-
-    assert failures == []
     assert statuses <= OK_STATUSES
     assert stream_seqs(redis_client, settings.stream_prefix, run_id) == list(range(1, EVENTS + 1))
     assert db_state(Session, run_id) == (EVENTS + 1, EVENTS, 0)
 
 
 def _process_drainer(
-    url: str, redis_url: str, prefix: str, run_id: str, ready: object, stop: object,
+    url: str,
+    redis_url: str,
+    prefix: str,
+    run_id: str,
+    ready: object,
+    stop: object,
     results: object,
 ) -> None:
     """Runs in a spawned process: drain until told to stop, then report the statuses seen."""
     engine = make_engine(url)
-    Session = sessionmaker(engine)  # noqa: N806
-    settings = Settings(database_url=engine.url, redis_url=redis_url, stream_prefix=prefix,
-                        batch_size=5, max_batches=2)
+    Session = sessionmaker(engine)
+    settings = Settings(
+        database_url=engine.url,
+        redis_url=redis_url,
+        stream_prefix=prefix,
+        batch_size=5,
+        max_batches=2,
+    )
     publisher = RedisStreamPublisher(redis.Redis.from_url(redis_url), prefix)
     seen: set[str] = set()
 
@@ -101,14 +107,17 @@ def _process_drainer(
         ready.release()  # type: ignore[attr-defined]
         _drain_until(stop.is_set, drain)  # type: ignore[attr-defined]
         results.put(sorted(seen))  # type: ignore[attr-defined]
-    except BaseException as exc:
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test
         results.put(f"error: {exc!r}")  # type: ignore[attr-defined]
     finally:
         engine.dispose()
 
 
 def test_concurrent_process_drains_while_appending_publish_each_event_once_in_order(
-    Session: sessionmaker[Session], db_url: URL, settings: Settings, redis_client: redis.Redis,
+    Session: sessionmaker[Session],
+    db_url: URL,
+    settings: Settings,
+    redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=0)
     context = multiprocessing.get_context("spawn")

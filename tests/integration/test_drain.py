@@ -18,7 +18,9 @@ from tests.helpers import append, db_state, seed, stream_seqs
 
 
 def test_drain_publishes_every_event_once_in_seq_order_and_marks_them(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=5)
@@ -35,7 +37,9 @@ def test_drain_publishes_every_event_once_in_seq_order_and_marks_them(
 
 
 def test_second_drain_of_a_drained_run_publishes_nothing(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=3)
@@ -49,7 +53,9 @@ def test_second_drain_of_a_drained_run_publishes_nothing(
 
 
 def test_batch_limit_reports_more_and_the_next_drain_continues_in_order(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=7)
@@ -67,7 +73,9 @@ def test_batch_limit_reports_more_and_the_next_drain_continues_in_order(
 
 
 def test_byte_limit_cuts_a_batch_short_but_always_moves_at_least_one_event(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=0)
@@ -86,7 +94,9 @@ def test_byte_limit_cuts_a_batch_short_but_always_moves_at_least_one_event(
 
 
 def test_nothing_is_published_before_the_producer_commits(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=0)
@@ -102,7 +112,9 @@ def test_nothing_is_published_before_the_producer_commits(
 
 
 def test_unknown_run_is_missing_and_a_malformed_id_is_refused(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
 ) -> None:
     kwargs = {"session_factory": Session, "publisher": publisher, "settings": settings}
 
@@ -114,14 +126,14 @@ def test_unknown_run_is_missing_and_a_malformed_id_is_refused(
 
 
 def test_a_run_another_drainer_holds_is_locked_and_left_alone(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=2)
     with Session() as holder, holder.begin():
-        holder.execute(
-            text("SELECT 1 FROM run_outbox WHERE run_id = :r FOR UPDATE"), {"r": run_id}
-        )
+        holder.execute(text("SELECT 1 FROM run_outbox WHERE run_id = :r FOR UPDATE"), {"r": run_id})
         result = drain_outbox_for_run(
             run_id, session_factory=Session, publisher=publisher, settings=settings
         )
@@ -131,7 +143,9 @@ def test_a_run_another_drainer_holds_is_locked_and_left_alone(
 
 
 def test_drain_once_drains_every_run_with_pending_events_across_groups(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     runs = seed(Session, runs=7, events=5)
@@ -148,7 +162,9 @@ def test_drain_once_drains_every_run_with_pending_events_across_groups(
 
 
 def test_drain_once_reports_more_when_its_batch_limit_leaves_events(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
 ) -> None:
     seed(Session, runs=2, events=5)
     small = dataclasses.replace(settings, batch_size=2, max_batches=1)
@@ -159,7 +175,9 @@ def test_drain_once_reports_more_when_its_batch_limit_leaves_events(
 
 
 def test_events_appended_after_a_drain_are_published_by_the_next_one(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=2)

@@ -34,21 +34,26 @@ class PublishThenCrash(RedisStreamPublisher):
         raise SimulatedCrash
 
 
-def _outbox_row(Session: sessionmaker[Session], run_id: object) -> RunOutbox:  # noqa: N803
+def _outbox_row(Session: sessionmaker[Session], run_id: object) -> RunOutbox:
     with Session() as session:
         return session.scalars(select(RunOutbox).where(RunOutbox.run_id == run_id)).one()
 
 
 @pytest.mark.parametrize("upto", [None, 3], ids=["whole-batch", "part-of-batch"])
 def test_a_crash_between_publish_and_commit_then_a_new_drain_leaves_each_event_once(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
-    redis_client: redis.Redis, upto: int | None,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
+    redis_client: redis.Redis,
+    upto: int | None,
 ) -> None:
     [run_id] = seed(Session, events=6)
 
     with pytest.raises(SimulatedCrash):
         drain_outbox_for_run(
-            run_id, session_factory=Session, publisher=PublishThenCrash(publisher, upto),
+            run_id,
+            session_factory=Session,
+            publisher=PublishThenCrash(publisher, upto),
             settings=settings,
         )
     assert db_state(Session, run_id) == (1, 0, 6)  # rolled back: nothing marked
@@ -65,7 +70,9 @@ def test_a_crash_between_publish_and_commit_then_a_new_drain_leaves_each_event_o
 
 
 def test_a_refused_publish_is_recorded_and_the_run_parked_after_max_attempts(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=2)
@@ -95,7 +102,9 @@ def test_a_refused_publish_is_recorded_and_the_run_parked_after_max_attempts(
 
 
 def test_one_failing_run_does_not_hold_back_the_others_in_a_pass(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     bad, *good = seed(Session, runs=4, events=3)
@@ -104,7 +113,10 @@ def test_one_failing_run_does_not_hold_back_the_others_in_a_pass(
     result = drain_outbox_once(session_factory=Session, publisher=publisher, settings=settings)
 
     assert (result.status, result.published, result.runs, result.failed) == (
-        Status.MORE, 9, 4, 1,
+        Status.MORE,
+        9,
+        4,
+        1,
     )
     for run_id in good:
         assert stream_seqs(redis_client, settings.stream_prefix, run_id) == [1, 2, 3]
@@ -112,8 +124,10 @@ def test_one_failing_run_does_not_hold_back_the_others_in_a_pass(
     assert _outbox_row(Session, bad).attempts == 1
 
 
-def test_an_unreachable_sink_raises_a_transient_error_and_loses_nothing(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+def test_an_unreachable_sink_raises_a_transient_error_notes_it_and_loses_nothing(
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=3)
@@ -126,7 +140,9 @@ def test_an_unreachable_sink_raises_a_transient_error_and_loses_nothing(
         drain_outbox_for_run(run_id, session_factory=Session, publisher=down, settings=settings)
 
     assert db_state(Session, run_id) == (1, 0, 3)
-    assert _outbox_row(Session, run_id).attempts == 1
+    row = _outbox_row(Session, run_id)
+    assert (row.status, row.attempts) == ("active", 0)  # an outage never parks a run
+    assert "Redis unreachable" in (row.last_error or "")
     result = drain_outbox_for_run(
         run_id, session_factory=Session, publisher=publisher, settings=settings
     )
@@ -135,7 +151,9 @@ def test_an_unreachable_sink_raises_a_transient_error_and_loses_nothing(
 
 
 def test_the_publisher_reloads_its_script_after_the_server_forgets_it(
-    Session: sessionmaker[Session], publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
     first, second = seed(Session, runs=2, events=2)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import Engine, func, select, text
@@ -16,6 +16,7 @@ from models import (
     PayloadTooLarge,
     Run,
     RunEvent,
+    RunExists,
     RunOutbox,
     UnknownRun,
     append_event,
@@ -28,7 +29,7 @@ from tasks.streams import RedisStreamPublisher
 from tests.helpers import seed
 
 
-def _seqs(Session: sessionmaker[Session], run_id: uuid.UUID) -> list[int]:  # noqa: N803
+def _seqs(Session: sessionmaker[Session], run_id: uuid.UUID) -> list[int]:
     with Session() as session:
         return list(
             session.scalars(
@@ -71,23 +72,16 @@ def test_concurrent_producers_of_one_run_get_distinct_consecutive_seqs(
     Session: sessionmaker[Session],
 ) -> None:
     [run_id] = seed(Session, events=0)
-    failures: list[BaseException] = []
 
     def produce() -> None:
-        try:
-            for _ in range(20):
-                with Session() as session, session.begin():
-                    append_event(session, run_id, "t", {})
-        except BaseException as exc:  # reported below
-            failures.append(exc)
+        for _ in range(20):
+            with Session() as session, session.begin():
+                append_event(session, run_id, "t", {})
 
-    threads = [threading.Thread(target=produce) for _ in range(5)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        for producer in [pool.submit(produce) for _ in range(5)]:
+            producer.result(timeout=60)  # re-raises whatever a producer raised
 
-    assert failures == []
     assert _seqs(Session, run_id) == list(range(1, 101))
 
 
@@ -100,20 +94,25 @@ def impatient(db_url: object) -> sessionmaker[Session]:
 
 
 def test_a_producer_never_waits_for_a_drain_holding_the_run(
-    Session: sessionmaker[Session], impatient: sessionmaker[Session],
+    Session: sessionmaker[Session],
+    impatient: sessionmaker[Session],
 ) -> None:
     [run_id] = seed(Session, events=1)
     with Session() as drainer, drainer.begin():
         # Exactly the locks a drain holds while it publishes.
         drainer.execute(text("SELECT 1 FROM runs WHERE id = :r FOR KEY SHARE"), {"r": run_id})
-        drainer.execute(text("SELECT 1 FROM run_outbox WHERE run_id = :r FOR UPDATE"), {"r": run_id})
+        drainer.execute(
+            text("SELECT 1 FROM run_outbox WHERE run_id = :r FOR UPDATE"), {"r": run_id}
+        )
         with impatient() as producer, producer.begin():
             assert append_event(producer, run_id, "while draining", {}).seq == 2
 
 
 def test_a_drain_never_waits_for_a_producer_with_an_open_transaction(
-    Session: sessionmaker[Session], impatient: sessionmaker[Session],
-    publisher: RedisStreamPublisher, settings: Settings,
+    Session: sessionmaker[Session],
+    impatient: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
 ) -> None:
     [run_id] = seed(Session, events=1)
     with Session() as producer, producer.begin():
@@ -177,3 +176,9 @@ def test_an_empty_event_type_is_refused(Session: sessionmaker[Session]) -> None:
     [run_id] = seed(Session, events=0)
     with Session() as session, pytest.raises(InvalidPayload, match="event type"):
         append_event(session, run_id, "", {})
+
+
+def test_creating_a_run_with_a_taken_id_is_a_clear_error(Session: sessionmaker[Session]) -> None:
+    [run_id] = seed(Session, events=0)
+    with Session() as session, pytest.raises(RunExists, match=str(run_id)):
+        create_run(session, run_id)

@@ -1,0 +1,110 @@
+"""End to end: real `celery worker` (prefork) and beat subprocesses against the real broker.
+
+The worker and beat are always stopped by the ``celery_processes`` fixture, pass or fail.
+"""
+
+from __future__ import annotations
+
+import redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import RunOutbox
+from tasks import Status, drain_outbox_for_run
+from tasks.settings import Settings
+from tasks.streams import RedisStreamPublisher, stream_key
+from tests.helpers import db_state, seed, stream_seqs, wait_until
+from tests.workers import CeleryProcesses
+
+
+def test_celery_call_drain_run_on_a_real_worker_publishes_the_run(
+    Session: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    celery_processes: CeleryProcesses,
+) -> None:
+    [run_id] = seed(Session, events=5)
+    celery_processes.start_worker()
+
+    celery_processes.call("outbox.drain_run", str(run_id))
+
+    wait_until(
+        lambda: stream_seqs(redis_client, settings.stream_prefix, run_id) == [1, 2, 3, 4, 5],
+        30,
+        "the worker to publish the run",
+    )
+    wait_until(lambda: db_state(Session, run_id) == (6, 5, 0), 30, "the worker to commit")
+    assert "outbox.drain_run" in celery_processes.logs()
+
+
+def test_celery_call_dispatch_drains_every_pending_run_through_the_broker(
+    Session: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    celery_processes: CeleryProcesses,
+) -> None:
+    runs = seed(Session, runs=5, events=3)
+    celery_processes.start_worker()
+
+    celery_processes.call("outbox.dispatch")
+
+    for run_id in runs:
+        wait_until(
+            lambda run_id=run_id: db_state(Session, run_id) == (4, 3, 0), 30, f"run {run_id}"
+        )
+        assert stream_seqs(redis_client, settings.stream_prefix, run_id) == [1, 2, 3]
+
+
+def test_seeding_and_draining_by_hand_while_worker_and_beat_run_never_crashes_or_duplicates(
+    Session: sessionmaker[Session],
+    settings: Settings,
+    publisher: RedisStreamPublisher,
+    redis_client: redis.Redis,
+    celery_processes: CeleryProcesses,
+) -> None:
+    # The original failure: a background drainer (here a real worker fed by beat every 0.1 s)
+    # consumed rows a test had just seeded, and the test's own drain then crashed.
+    celery_processes.start_worker(concurrency=2)
+    beat_log = celery_processes.start_beat(interval=0.1)
+    wait_until(lambda: "outbox.dispatch" in beat_log.read_text(), 30, "beat's first dispatch")
+    statuses: set[Status] = set()
+
+    for _ in range(15):
+        [run_id] = seed(Session, events=40)
+        result = drain_outbox_for_run(
+            run_id, session_factory=Session, publisher=publisher, settings=settings
+        )
+        statuses.add(result.status)
+        wait_until(lambda run_id=run_id: db_state(Session, run_id) == (41, 40, 0), 30, "drained")
+        assert stream_seqs(redis_client, settings.stream_prefix, run_id) == list(range(1, 41))
+
+    assert statuses <= {Status.DRAINED, Status.LOCKED}
+    # The worker and beat were live all along: a run nobody drains by hand still gets drained.
+    [untouched] = seed(Session, events=3)
+    wait_until(lambda: db_state(Session, untouched) == (4, 3, 0), 30, "beat and the worker")
+    assert stream_seqs(redis_client, settings.stream_prefix, untouched) == [1, 2, 3]
+
+
+def test_a_real_worker_retries_a_failing_run_with_backoff_then_parks_it(
+    Session: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    celery_processes: CeleryProcesses,
+) -> None:
+    [run_id] = seed(Session, events=2)
+    redis_client.set(stream_key(settings.stream_prefix, run_id), "not a stream")
+    celery_processes.start_worker()
+
+    celery_processes.call("outbox.drain_run", str(run_id))
+
+    def parked() -> bool:
+        with Session() as session:
+            row = session.scalars(select(RunOutbox).where(RunOutbox.run_id == run_id)).one()
+            return row.status == "stalled"
+
+    wait_until(parked, 60, "the run to be parked after its retries")
+    with Session() as session:
+        row = session.scalars(select(RunOutbox).where(RunOutbox.run_id == run_id)).one()
+    assert (row.attempts, row.next_seq) == (settings.max_attempts, 1)
+    assert "WRONGTYPE" in (row.last_error or "")
+    assert celery_processes.logs().count("retry in") == settings.max_attempts - 1
