@@ -7,6 +7,7 @@ import os
 import re
 import uuid
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -14,6 +15,7 @@ from models import errors
 from models.ids import parse_run_id
 from models.run import Run, RunEvent, RunOutbox
 
+KICK_ENV = "OUTBOX_KICK_ON_COMMIT"
 MAX_PAYLOAD_BYTES_ENV = "OUTBOX_MAX_PAYLOAD_BYTES"
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -37,6 +39,17 @@ def max_payload_bytes(environ: dict[str, str] | None = None) -> int:
     if value <= 0:
         raise errors.ConfigError(f"{MAX_PAYLOAD_BYTES_ENV} must be a positive integer")
     return value
+
+
+def kick_by_default(environ: dict[str, str] | None = None) -> bool:
+    """Return whether append_event kicks a drain on commit unless told (OUTBOX_KICK_ON_COMMIT)."""
+    env = os.environ if environ is None else environ
+    raw = (env.get(KICK_ENV) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise errors.ConfigError(f"{KICK_ENV} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
 
 
 def encode_payload(payload: object, limit: int) -> str:
@@ -78,9 +91,14 @@ def append_event(
     type: str,
     payload: object,
     *,
+    kick: bool | None = None,
     max_bytes: int | None = None,
 ) -> RunEvent:
     """Add the run's next event in the caller's transaction; it is published after commit.
+
+    With ``kick`` (default: OUTBOX_KICK_ON_COMMIT), a drain of the run is queued right after
+    the transaction commits (once per run, however many events), and never on rollback: the
+    event reaches the stream without waiting for beat's next dispatch.
 
     Raises InvalidRunId, UnknownRun, InvalidPayload or PayloadTooLarge before anything is
     written, so a refused event never reaches the outbox.
@@ -95,4 +113,33 @@ def append_event(
     event = RunEvent(run_id=rid, seq=seq, type=type, payload=payload)
     session.add(event)
     session.flush()
+    if kick_by_default() if kick is None else kick:
+        _kick_after_commit(session, rid)
     return event
+
+
+_KICKS = "outbox_kicks"  # Session.info key: runs to kick when the transaction commits
+
+
+def _kick_after_commit(session: Session, run_id: uuid.UUID) -> None:
+    kicks: set[uuid.UUID] | None = session.info.get(_KICKS)
+    if kicks is None:
+        kicks = session.info[_KICKS] = set()
+        sa_event.listen(session, "after_commit", _send_kicks)
+        sa_event.listen(session, "after_rollback", _forget_kicks)
+    kicks.add(run_id)
+
+
+def _send_kicks(session: Session) -> None:
+    kicks: set[uuid.UUID] = session.info[_KICKS]
+    run_ids = sorted(kicks)
+    kicks.clear()
+    if run_ids:
+        # Imported here: the tasks package builds on models, not the other way round.
+        from tasks.outbox import kick
+
+        kick(run_ids)
+
+
+def _forget_kicks(session: Session) -> None:
+    session.info[_KICKS].clear()

@@ -11,10 +11,11 @@ from tasks.drain import (
     PassResult,
     Status,
     drain_outbox_for_run,
+    drain_outbox_for_runs,
     drain_outbox_once,
     resume,
 )
-from tasks.outbox import dispatch, drain_run
+from tasks.outbox import dispatch, drain_run, drain_runs
 from tasks.settings import Settings
 
 __all__ = [
@@ -25,7 +26,9 @@ __all__ = [
     "app",
     "dispatch",
     "drain_outbox_for_run",
+    "drain_outbox_for_runs",
     "drain_outbox_once",
     "drain_run",
+    "drain_runs",
     "resume",
 ]

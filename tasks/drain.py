@@ -139,12 +139,15 @@ def _drain_locked(
                 outcomes[rid] = BatchOutcome(Status.LOCKED if rid in existing else Status.MISSING)
         if not active:
             return outcomes
+        # The batch budget is per transaction, shared by the runs in it: a group of many small
+        # runs and one deep run make transactions of the same size.
+        per_run = max(1, settings.batch_size // len(active))
         rows = session.execute(
             sql.READ_BATCH,
             {
                 "run_ids": list(active),
                 "next_seqs": list(active.values()),
-                "batch_size": settings.batch_size,
+                "batch_size": per_run,
                 "max_bytes": settings.batch_max_bytes,
             },
         ).all()
@@ -163,7 +166,7 @@ def _drain_locked(
             outcome.next_seq = batch[-1].seq + 1
             # `fetched` counts the run's rows before the byte cut: a cut or a full batch means
             # more may be waiting.
-            outcome.full = batch[0].fetched >= settings.batch_size or len(batch) < batch[0].fetched
+            outcome.full = batch[0].fetched >= per_run or len(batch) < batch[0].fetched
         done = [rid for rid, o in outcomes.items() if o.published]
         session.execute(sql.MARK_PUBLISHED, {"event_ids": event_ids})
         session.execute(
@@ -215,6 +218,63 @@ def runs_with_more(
         return set(session.execute(sql.RUNS_WITH_MORE, params).scalars())
 
 
+def drain_outbox_for_runs(
+    run_ids: Sequence[uuid.UUID | str],
+    *,
+    session_factory: SessionFactory | None = None,
+    publisher: Publisher | None = None,
+    settings: Settings | None = None,
+) -> list[DrainResult]:
+    """Drain several runs together now, in this process; one result per run, in order.
+
+    Each transaction moves up to ``settings.batch_size`` events shared across the runs still
+    draining, for up to ``settings.max_batches`` transactions; runs left over are ``more``.
+    A run whose entries the sink refused comes back ``more`` with its ``error`` (or
+    ``stalled`` once parked); the other runs go on.
+
+    Raises
+    ------
+    InvalidRunId
+        One of ``run_ids`` is not a UUID.
+    TransientPublishError
+        The sink was unreachable (noted on the runs, not counted towards parking them).
+    """
+    ids = list(dict.fromkeys(parse_run_id(r) for r in run_ids))
+    session_factory, publisher, settings = _collaborators(session_factory, publisher, settings)
+    published = dict.fromkeys(ids, 0)
+    ended: dict[uuid.UUID, tuple[Status, str | None]] = {}
+    todo = ids
+    for _ in range(settings.max_batches):
+        if not todo:
+            break
+        outcomes = drain_batch(session_factory, publisher, todo, settings)
+        todo, short = [], {}
+        for rid, outcome in outcomes.items():
+            published[rid] += outcome.published
+            if outcome.error is not None:
+                ended[rid] = (
+                    outcome.status if outcome.status is Status.STALLED else Status.MORE,
+                    outcome.error,
+                )
+            elif outcome.status is not Status.DRAINED:
+                ended[rid] = (outcome.status, None)
+            elif outcome.full:
+                todo.append(rid)
+            else:
+                short[rid] = outcome.next_seq
+        # A short batch usually means done, but a producer may have committed while the run
+        # was locked (its kick then found it "locked"): look once more, without locks.
+        more = runs_with_more(session_factory, short)
+        for rid in short:
+            if rid in more:
+                todo.append(rid)
+            else:
+                ended[rid] = (Status.DRAINED, None)
+    for rid in todo:
+        ended[rid] = (Status.MORE, None)
+    return [DrainResult(rid, ended[rid][0], published[rid], ended[rid][1]) for rid in ids]
+
+
 def drain_outbox_for_run(
     run_id: uuid.UUID | str,
     *,
@@ -237,27 +297,26 @@ def drain_outbox_for_run(
     TransientPublishError
         The sink was unreachable (noted on the run, not counted towards parking it).
     """
-    rid = parse_run_id(run_id)
-    session_factory, publisher, settings = _collaborators(session_factory, publisher, settings)
-    published = 0
-    for _ in range(settings.max_batches):
-        outcome = drain_batch(session_factory, publisher, [rid], settings)[rid]
-        published += outcome.published
-        if outcome.error is not None:
-            if outcome.status is Status.STALLED:
-                return DrainResult(rid, Status.STALLED, published, outcome.error)
-            raise errors.PublishError(f"run {rid}: {outcome.error}")
-        if outcome.status is not Status.DRAINED:
-            return DrainResult(rid, outcome.status, published)
-        if not outcome.full and not runs_with_more(session_factory, {rid: outcome.next_seq}):
-            return DrainResult(rid, Status.DRAINED, published)
-    return DrainResult(rid, Status.MORE, published)
+    [result] = drain_outbox_for_runs(
+        [run_id], session_factory=session_factory, publisher=publisher, settings=settings
+    )
+    if result.error is not None and result.status is not Status.STALLED:
+        raise errors.PublishError(f"run {result.run_id}: {result.error}")
+    return result
 
 
-def find_pending_runs(session_factory: SessionFactory, limit: int) -> list[uuid.UUID]:
-    """Return up to ``limit`` active runs that have unpublished events."""
+def find_pending_runs(
+    session_factory: SessionFactory, limit: int, *, after: uuid.UUID | None = None
+) -> list[uuid.UUID]:
+    """Return up to ``limit`` active runs with unpublished events, in run id order.
+
+    With ``after``, the runs after that id: the next page of a scan.
+    """
     with session_factory() as session:
-        return list(session.execute(sql.FIND_PENDING, {"limit": limit}).scalars())
+        if after is None:
+            return list(session.execute(sql.FIND_PENDING, {"limit": limit}).scalars())
+        params = {"limit": limit, "after": after}
+        return list(session.execute(sql.FIND_PENDING_AFTER, params).scalars())
 
 
 def drain_outbox_once(
@@ -266,34 +325,32 @@ def drain_outbox_once(
     publisher: Publisher | None = None,
     settings: Settings | None = None,
 ) -> PassResult:
-    """Make one pass over every active run with pending events, ``group_size`` runs a batch.
+    """Make one pass over every active run with pending events, ``group_size`` runs at a time.
 
     A run whose publish fails is recorded and left for later; the other runs go on.
     """
     session_factory, publisher, settings = _collaborators(session_factory, publisher, settings)
     pending = find_pending_runs(session_factory, settings.dispatch_limit)
     published = 0
-    failed: set[uuid.UUID] = set()
+    failed = 0
     for start in range(0, len(pending), settings.group_size):
         group = pending[start : start + settings.group_size]
-        for _ in range(settings.max_batches):
-            try:
-                outcomes = drain_batch(session_factory, publisher, group, settings)
-            except errors.TransientPublishError as exc:
-                logger.warning("publish failed for %d runs: %s", len(group), exc)
-                failed.update(group)
-                break
-            published += sum(o.published for o in outcomes.values())
-            failed.update(rid for rid, o in outcomes.items() if o.error is not None)
-            group = [rid for rid, o in outcomes.items() if o.full and o.error is None]
-            if not group:
-                break
+        try:
+            results = drain_outbox_for_runs(
+                group, session_factory=session_factory, publisher=publisher, settings=settings
+            )
+        except errors.TransientPublishError as exc:
+            logger.warning("publish failed for %d runs: %s", len(group), exc)
+            failed += len(group)
+            continue
+        published += sum(r.published for r in results)
+        failed += sum(1 for r in results if r.error is not None)
     left = find_pending_runs(session_factory, 1)
     return PassResult(
         status=Status.MORE if left else Status.DRAINED,
         published=published,
         runs=len(pending),
-        failed=len(failed),
+        failed=failed,
     )
 
 

@@ -1,14 +1,17 @@
 """The Celery tasks: thin wrappers that build collaborators, call the drain logic and report.
 
-``outbox.drain_run`` drains one run and re-queues itself while the run has more; failures of
-the sink or the database are retried with exponential backoff and full jitter. ``outbox.dispatch``
-is what beat runs: it queues one drain per run with pending events.
+``outbox.drain_run`` drains one run (what `celery call` and kicks use), ``outbox.drain_runs``
+drains a group of runs (what dispatch queues, so many small runs cost few tasks), and
+``outbox.dispatch`` is what beat runs. Drains re-queue the runs that have more; failures of the
+sink or the database are retried with exponential backoff and full jitter.
 """
 
 from __future__ import annotations
 
+import collections
 import uuid
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.utils.log import get_task_logger
@@ -18,19 +21,73 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from models.ids import parse_run_id
 from tasks import drain, errors, runtime
 from tasks.celery_app import app
-from tasks.dispatch import dispatch_pending
+from tasks.dispatch import dispatch_pending, queue_drains
 
 logger = get_task_logger(__name__)
 
-# Failures that a later attempt may not meet: the sink refused or was unreachable (counted
-# against the run, which is parked after OUTBOX_MAX_ATTEMPTS), or the database connection broke.
+# Failures that a later attempt may not meet: the sink refused or was unreachable, or the
+# database connection broke. Refusals count against the run, which is parked after
+# OUTBOX_MAX_ATTEMPTS; outages do not.
 RETRYABLE = (errors.PublishError, OperationalError, InterfaceError)
 BACKOFF_MAX_SECONDS = 60
 
 
-def enqueue_drain(run_id: uuid.UUID) -> None:
-    """Queue ``outbox.drain_run`` for ``run_id`` (callers hold its queued mark)."""
-    drain_run.apply_async(args=(str(run_id),))
+def enqueue_drains(run_ids: list[uuid.UUID]) -> None:
+    """Send one drain task for ``run_ids`` (the caller holds their queued marks)."""
+    if len(run_ids) == 1:
+        drain_run.apply_async(args=(str(run_ids[0]),))
+    else:
+        drain_runs.apply_async(args=([str(r) for r in run_ids],))
+
+
+def kick(run_ids: Iterable[uuid.UUID]) -> None:
+    """Queue drains of runs whose producer just committed (``append_event(kick=True)``).
+
+    Never raises: the events are committed already, and beat's dispatch will drain them if
+    the kick cannot be sent.
+    """
+    try:
+        current = runtime.current()
+        queue_drains(
+            current.queued, list(run_ids), enqueue_drains, group_size=current.settings.group_size
+        )
+    except Exception:
+        logger.warning("could not kick a drain; dispatch will pick the runs up", exc_info=True)
+
+
+def _backoff(retries: int) -> int:
+    return int(
+        get_exponential_backoff_interval(
+            factor=1, retries=retries, maximum=BACKOFF_MAX_SECONDS, full_jitter=True
+        )
+    )
+
+
+def _retry(task: Task[Any, Any], run_ids: list[uuid.UUID], exc: Exception) -> NoReturn:
+    """Retry ``task`` for the runs that have no other drain queued; re-raise when none."""
+    current = runtime.current()
+    retries = task.request.retries or 0
+    if retries + 1 >= current.settings.max_attempts:
+        raise exc
+    countdown = _backoff(retries)
+    # The retry is a queued drain like any other, so it takes the runs' marks; runs that
+    # already have a drain queued are left to it.
+    claimed = current.queued.claim(run_ids, ttl=countdown + current.settings.queued_ttl)
+    if not claimed:
+        raise exc
+    logger.warning("drain of %d runs failed, retry in %ss: %s", len(claimed), countdown, exc)
+    args = (str(claimed[0]),) if task.name == drain_run.name else ([str(r) for r in claimed],)
+    raise task.retry(args=args, exc=exc, countdown=countdown)
+
+
+def _follow_up(results: list[drain.DrainResult]) -> None:
+    """Re-queue runs with more to drain; give runs the sink refused a delayed retry of their own."""
+    current = runtime.current()
+    more = [r.run_id for r in results if r.status is drain.Status.MORE and r.error is None]
+    queue_drains(current.queued, more, enqueue_drains, group_size=current.settings.group_size)
+    refused = [r.run_id for r in results if r.status is drain.Status.MORE and r.error]
+    for run_id in current.queued.claim(refused):
+        drain_run.apply_async(args=(str(run_id),), countdown=_backoff(0))
 
 
 @app.task(name="outbox.drain_run", bind=True, max_retries=None)
@@ -48,33 +105,45 @@ def drain_run(self: Task[Any, Any], run_id: str) -> dict[str, Any]:
             settings=current.settings,
         )
     except RETRYABLE as exc:
-        retries = self.request.retries or 0
-        if retries + 1 >= current.settings.max_attempts:
-            raise
-        countdown = get_exponential_backoff_interval(
-            factor=1, retries=retries, maximum=BACKOFF_MAX_SECONDS, full_jitter=True
-        )
-        logger.warning("drain of run %s failed, retry in %ss: %s", rid, countdown, exc)
-        # The retry is a queued drain like any other: it takes the run's mark, and if another
-        # drain is queued already, that one will do the work instead.
-        if not current.queued.claim([rid], ttl=countdown + current.settings.queued_ttl):
-            raise
-        raise self.retry(exc=exc, countdown=countdown) from exc
-    if result.status is drain.Status.MORE and current.queued.claim([rid]):
-        enqueue_drain(rid)
+        _retry(self, [rid], exc)
+    _follow_up([result])
     return result.as_dict()
+
+
+@app.task(name="outbox.drain_runs", bind=True, max_retries=None)
+def drain_runs(self: Task[Any, Any], run_ids: list[str]) -> dict[str, Any]:
+    """Drain a group of runs; returns ``{"runs", "published", "statuses"}``."""
+    ids = [parse_run_id(r) for r in run_ids]
+    current = runtime.current()
+    current.queued.release(ids)
+    try:
+        results = drain.drain_outbox_for_runs(
+            ids,
+            session_factory=current.session_factory,
+            publisher=current.publisher,
+            settings=current.settings,
+        )
+    except RETRYABLE as exc:
+        _retry(self, ids, exc)
+    _follow_up(results)
+    return {
+        "runs": len(results),
+        "published": sum(r.published for r in results),
+        "statuses": dict(collections.Counter(r.status.value for r in results)),
+    }
 
 
 @app.task(name="outbox.dispatch")
 def dispatch() -> dict[str, Any]:
-    """Queue a drain for each run with pending events; returns ``{"found", "enqueued"}``."""
+    """Queue drains for the runs with pending events; returns ``{"found", "enqueued"}``."""
     current = runtime.current()
     result = dispatch_pending(
         current.session_factory,
         current.queued,
-        enqueue_drain,
+        enqueue_drains,
         limit=current.settings.dispatch_limit,
+        group_size=current.settings.group_size,
     )
     if result.enqueued:
-        logger.info("queued %d drains (%d runs pending)", result.enqueued, result.found)
+        logger.info("queued drains of %d runs (%d pending)", result.enqueued, result.found)
     return result.as_dict()

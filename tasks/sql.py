@@ -104,10 +104,12 @@ RUNS_WITH_MORE = text(
 
 # Active runs with unpublished events, found by a skip scan of the partial index of pending
 # events: one index probe per run, whatever the size of the published history.
-FIND_PENDING = text(
-    """
+_FIND_PENDING = """
     WITH RECURSIVE pending(run_id) AS (
-        (SELECT run_id FROM run_events WHERE published_at IS NULL ORDER BY run_id LIMIT 1)
+        (
+            SELECT run_id FROM run_events WHERE published_at IS NULL {start}
+            ORDER BY run_id LIMIT 1
+        )
         UNION ALL
         SELECT (
             SELECT e.run_id FROM run_events AS e
@@ -121,8 +123,10 @@ FIND_PENDING = text(
     JOIN run_outbox AS o ON o.run_id = p.run_id
     WHERE o.status = 'active'
     LIMIT :limit
-    """
-)
+"""
+FIND_PENDING = text(_FIND_PENDING.format(start=""))
+# The next page: the runs after :after in run id order.
+FIND_PENDING_AFTER = text(_FIND_PENDING.format(start="AND run_id > :after"))
 
 # What `outbox status` shows: per run with pending events or parked, the backlog and its age.
 STATUS = text(

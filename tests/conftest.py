@@ -114,3 +114,18 @@ def outbox(
 ) -> runtime.Runtime:
     """The process runtime (used by the tasks and the CLI) pointed at this test's services."""
     return runtime.configure(settings, session_factory=Session, redis_client=redis_client)
+
+
+@pytest.fixture
+def broker_queue(
+    outbox: runtime.Runtime, key_space: str, redis_client: redis.Redis
+) -> Iterator[str]:
+    """Tasks this test sends go to the real broker, into a queue of its own: eager is off."""
+    name = f"{key_space}queue"
+    saved = app.conf.task_default_queue, app.conf.broker_url
+    app.conf.update(
+        task_always_eager=False, task_default_queue=name, broker_url=outbox.settings.redis_url
+    )
+    yield name
+    app.conf.update(task_always_eager=True, task_default_queue=saved[0], broker_url=saved[1])
+    redis_client.delete(f"_kombu.binding.{name}")

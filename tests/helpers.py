@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Callable
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -64,3 +66,10 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def unreachable_redis() -> redis.Redis:
+    """A client for a port nothing listens on: every call fails at once, without retries."""
+    return redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+    )

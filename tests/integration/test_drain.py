@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import RunEvent, append_event
-from tasks import Status, drain_outbox_for_run, drain_outbox_once
+from tasks import Status, drain_outbox_for_run, drain_outbox_for_runs, drain_outbox_once
 from tasks.settings import Settings
 from tasks.streams import RedisStreamPublisher, read_stream
 from tests.helpers import append, db_state, seed, stream_seqs
@@ -167,7 +167,8 @@ def test_drain_once_reports_more_when_its_batch_limit_leaves_events(
     settings: Settings,
 ) -> None:
     seed(Session, runs=2, events=5)
-    small = dataclasses.replace(settings, batch_size=2, max_batches=1)
+    # One transaction of 4 events, shared by the 2 runs.
+    small = dataclasses.replace(settings, batch_size=4, max_batches=1)
 
     result = drain_outbox_once(session_factory=Session, publisher=publisher, settings=small)
 
@@ -194,3 +195,26 @@ def test_events_appended_after_a_drain_are_published_by_the_next_one(
             select(RunEvent.seq).where(RunEvent.published_at.is_not(None)).order_by(RunEvent.seq)
         ).all()
     assert published == [1, 2, 3, 4, 5]
+
+
+def test_drain_runs_drains_several_runs_together_and_reports_each(
+    Session: sessionmaker[Session],
+    publisher: RedisStreamPublisher,
+    settings: Settings,
+    redis_client: redis.Redis,
+) -> None:
+    first, second = seed(Session, runs=2, events=6)
+    ghost = uuid.uuid4()
+    small = dataclasses.replace(settings, batch_size=4)  # 2 events per run per transaction
+
+    results = drain_outbox_for_runs(
+        [first, str(second), ghost], session_factory=Session, publisher=publisher, settings=small
+    )
+
+    assert [r.as_dict() for r in results] == [
+        {"run_id": str(first), "status": "drained", "published": 6},
+        {"run_id": str(second), "status": "drained", "published": 6},
+        {"run_id": str(ghost), "status": "missing", "published": 0},
+    ]
+    for run_id in (first, second):
+        assert stream_seqs(redis_client, settings.stream_prefix, run_id) == list(range(1, 7))

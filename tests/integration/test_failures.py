@@ -15,7 +15,7 @@ from tasks.drain import find_pending_runs
 from tasks.errors import PublishError, TransientPublishError
 from tasks.settings import Settings
 from tasks.streams import Entry, PublishOutcome, RedisStreamPublisher, stream_key
-from tests.helpers import db_state, seed, stream_seqs
+from tests.helpers import db_state, seed, stream_seqs, unreachable_redis
 
 
 class SimulatedCrash(Exception):
@@ -131,10 +131,7 @@ def test_an_unreachable_sink_raises_a_transient_error_notes_it_and_loses_nothing
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=3)
-    # Port 1 on loopback: nothing listens, the connection is refused at once.
-    down = RedisStreamPublisher(
-        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1), settings.stream_prefix
-    )
+    down = RedisStreamPublisher(unreachable_redis(), settings.stream_prefix)
 
     with pytest.raises(TransientPublishError, match="Redis unreachable"):
         drain_outbox_for_run(run_id, session_factory=Session, publisher=down, settings=settings)

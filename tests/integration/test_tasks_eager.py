@@ -11,7 +11,7 @@ from celery.exceptions import Retry
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import InvalidRunId, RunOutbox
-from tasks import app, dispatch, drain_run, runtime
+from tasks import app, dispatch, drain_run, drain_runs, runtime
 from tasks.streams import stream_key
 from tests.helpers import db_state, seed, stream_seqs
 
@@ -112,3 +112,16 @@ def test_a_failing_drain_records_the_attempt_and_asks_celery_for_a_retry(
     assert db_state(Session, run_id) == (1, 0, 2)
     # The retry holds the run's queued mark, so dispatch will not queue a second drain.
     assert outbox.queued.claim([run_id]) == []
+
+
+def test_drain_runs_drains_a_group_and_reports_its_statuses(
+    Session: sessionmaker[Session], outbox: runtime.Runtime, redis_client: redis.Redis
+) -> None:
+    first, second = seed(Session, runs=2, events=3)
+    unknown = str(uuid.uuid4())
+
+    result = drain_runs.delay([str(first), str(second), unknown]).get()
+
+    assert result == {"runs": 3, "published": 6, "statuses": {"drained": 2, "missing": 1}}
+    for run_id in (first, second):
+        assert stream_seqs(redis_client, outbox.settings.stream_prefix, run_id) == [1, 2, 3]
