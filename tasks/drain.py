@@ -15,7 +15,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
@@ -153,7 +153,8 @@ def _drain_locked(
         ).all()
         if not rows:
             return outcomes
-        result = publisher.publish([Entry(r.run_id, r.seq, r.type, r.payload) for r in rows])
+        # Result rows have the Entry attributes: no per-event object on the hot path.
+        result = publisher.publish(cast(Sequence[Entry], rows))
         event_ids: list[int] = []
         for rid, group in itertools.groupby(rows, key=lambda r: r.run_id):
             batch = list(group)
@@ -168,10 +169,13 @@ def _drain_locked(
             # more may be waiting.
             outcome.full = batch[0].fetched >= per_run or len(batch) < batch[0].fetched
         done = [rid for rid, o in outcomes.items() if o.published]
-        session.execute(sql.MARK_PUBLISHED, {"event_ids": event_ids})
         session.execute(
-            sql.ADVANCE_CURSORS,
-            {"run_ids": done, "next_seqs": [outcomes[rid].next_seq for rid in done]},
+            sql.MARK_PUBLISHED,
+            {
+                "event_ids": event_ids,
+                "run_ids": done,
+                "next_seqs": [outcomes[rid].next_seq for rid in done],
+            },
         )
         for rid, message in result.failed.items():
             logger.warning("publish refused for run %s: %s", rid, message)

@@ -50,14 +50,14 @@ READ_BATCH = text(
     """
 )
 
-# Step 4. Update-if-exists: rows deleted meanwhile are simply not updated.
+# Step 4, in one statement: mark the batch published and advance the cursors. Update-if-exists:
+# rows deleted meanwhile are simply not updated.
 MARK_PUBLISHED = text(
-    "UPDATE run_events SET published_at = now()"
-    " WHERE id = ANY(CAST(:event_ids AS bigint[])) AND published_at IS NULL"
-)
-
-ADVANCE_CURSORS = text(
     """
+    WITH marked AS (
+        UPDATE run_events SET published_at = now()
+        WHERE id = ANY(CAST(:event_ids AS bigint[])) AND published_at IS NULL
+    )
     UPDATE run_outbox AS o
     SET next_seq = c.next_seq, attempts = 0, last_error = NULL,
         last_published_at = now(), updated_at = now()

@@ -33,14 +33,18 @@ return added
 """
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Entry:
-    """One event as the sink sees it."""
+class Entry(Protocol):
+    """One event as the sink sees it (the drain passes its result rows as they are)."""
 
-    run_id: uuid.UUID
-    seq: int
-    type: str
-    payload: str  # JSON text
+    @property
+    def run_id(self) -> uuid.UUID: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def payload(self) -> str:  # JSON text
+        ...
 
 
 @dataclasses.dataclass(frozen=True)

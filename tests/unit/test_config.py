@@ -109,7 +109,7 @@ def test_every_task_beat_schedules_is_registered() -> None:
 def test_the_drain_locks_with_skip_locked_and_takes_the_run_before_its_cursor() -> None:
     assert "FOR KEY SHARE SKIP LOCKED" in sql.LOCK_RUNS.text
     assert "FOR UPDATE SKIP LOCKED" in sql.LOCK_CURSORS.text
-    assert "published_at IS NULL" in sql.MARK_PUBLISHED.text  # update-if-exists
+    assert "AND published_at IS NULL" in sql.MARK_PUBLISHED.text  # update-if-exists
 
 
 def test_drain_results_have_the_json_form_the_tasks_return() -> None:

@@ -1,0 +1,376 @@
+"""Steady latency: producers append at a fixed rate; a consumer times each event's arrival.
+
+Producers (spawned processes, a few threads each) append one event per transaction with the
+project's own ``append_event``, round-robin over the runs, on a deadline schedule: event k is
+due at ``start + k / rate``, so a late event never delays the ones after it (no drift). Each
+payload carries ``t``, the wall-clock time stamped immediately before ``append_event``; the
+commit follows within about a millisecond (the producer's UPDATE, INSERT and COMMIT), and the
+reported latency includes that millisecond, so it is an upper bound on commit-to-stream time.
+The producers' own median append-and-commit time is reported next to it.
+
+The consumer (another spawned process) reads every stream with one ``XREAD BLOCK`` call over
+all the runs' keys and records, per entry, the time the reply arrived minus ``t``.
+
+The project runs as in production: a prefork worker plus beat (dispatch every 1 s). Mode
+``kick``: producers pass ``kick=True`` (beat still runs, as the safety net it is in a real
+deployment); mode ``beat``: producers pass ``kick=False`` and only beat's dispatch drains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import multiprocessing as mp
+import multiprocessing.synchronize as mp_sync
+import queue
+import statistics
+import threading
+import time
+import traceback
+import uuid
+from typing import Any
+
+import redis
+
+from bench import measure, project, seed, verify
+from bench.context import Bench
+
+logger = logging.getLogger(__name__)
+
+KICK = "kick"
+BEAT = "beat"
+PRODUCER_PROCESSES = 2
+THREADS_PER_PRODUCER = 4
+_PAD = "x" * 150  # payloads of ~200 bytes as JSON, like the throughput workloads'
+
+
+def kick_supported() -> bool:
+    """Whether the project's append_event takes ``kick`` (the kick-on-commit API)."""
+    from models import append_event
+
+    return "kick" in inspect.signature(append_event).parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class ProducerSpec:
+    """What one producer process appends: its share of the global event sequence."""
+
+    index: int
+    run_ids: list[uuid.UUID]
+    rate: float  # all producers together
+    total: int  # events, all producers together
+    strands: int  # producer threads, all processes together
+    kick: bool
+
+
+@dataclasses.dataclass
+class ProducerReport:
+    """What a producer process did."""
+
+    produced: int = 0
+    late: int = 0  # events started more than 10 ms after their due time
+    max_lag: float = 0.0
+    append_commit: list[float] = dataclasses.field(default_factory=list)  # seconds
+    error: str | None = None
+
+
+def _strand(
+    spec: ProducerSpec,
+    strand: int,
+    warmed: threading.Barrier,
+    go: mp_sync.Event,
+    start_at: Any,
+    report: ProducerReport,
+    lock: threading.Lock,
+) -> None:
+    try:
+        _produce(spec, strand, warmed, go, start_at, report, lock)
+    except Exception:
+        with lock:
+            report.error = report.error or traceback.format_exc()
+        warmed.abort()  # the other threads and the process stop waiting for this one
+
+
+def _produce(
+    spec: ProducerSpec,
+    strand: int,
+    warmed: threading.Barrier,
+    go: mp_sync.Event,
+    start_at: Any,
+    report: ProducerReport,
+    lock: threading.Lock,
+) -> None:
+    from sqlalchemy.orm import Session
+
+    from models import append_event
+    from models.db import session_factory
+
+    factory = session_factory()
+    runs = spec.run_ids
+    session: Session
+    # Warm-up: this thread's connection, the Celery app and (in kick mode) the broker
+    # connection are made now, not on the first timed event. No "t": the consumer skips it.
+    with factory() as session, session.begin():
+        append_event(session, runs[strand % len(runs)], "warm-up", {"pad": _PAD}, kick=spec.kick)
+    warmed.wait()
+    go.wait()
+    start = start_at.value
+    for k in range(strand, spec.total, spec.strands):
+        due = start + k / spec.rate
+        lag = time.monotonic() - due
+        if lag < 0:
+            time.sleep(-lag)
+            lag = 0.0
+        with factory() as session, session.begin():
+            stamp = time.time()
+            append_event(
+                session, runs[k % len(runs)], "bench", {"t": stamp, "pad": _PAD}, kick=spec.kick
+            )
+        committed = time.time()
+        with lock:
+            report.produced += 1
+            report.max_lag = max(report.max_lag, lag)
+            report.late += lag > 0.01
+            report.append_commit.append(committed - stamp)
+
+
+def producer_main(
+    spec: ProducerSpec,
+    ready: mp.Queue[int],
+    start_at: Any,  # mp.Value("d"): the monotonic start time, set by the parent before go
+    go: mp_sync.Event,
+    results: mp.Queue[ProducerReport],
+) -> None:
+    """Producer process: threads warm up, report ready, then produce on the schedule."""
+    report = ProducerReport()
+    try:
+        per_process = spec.strands // PRODUCER_PROCESSES
+        warmed = threading.Barrier(per_process + 1, timeout=120)
+        lock = threading.Lock()
+        threads = [
+            threading.Thread(
+                target=_strand,
+                args=(spec, spec.index * per_process + n, warmed, go, start_at, report, lock),
+                daemon=True,
+            )
+            for n in range(per_process)
+        ]
+        for thread in threads:
+            thread.start()
+        warmed.wait()
+        ready.put(spec.index)
+        for thread in threads:
+            thread.join()
+    except Exception:
+        report.error = report.error or traceback.format_exc()
+    results.put(report)
+
+
+def consumer_main(
+    redis_url: str,
+    keys: list[str],
+    ready: mp.Queue[int],
+    stop: mp_sync.Event,
+    received: Any,  # mp.Value("q"): timed entries seen so far
+    results: mp.Queue[list[float] | str],
+) -> None:
+    """Consumer process: XREAD BLOCK over every stream; latency = arrival - payload's ``t``."""
+    try:
+        client = redis.Redis.from_url(redis_url, socket_timeout=30)
+        last: dict[str | bytes, str | bytes] = dict.fromkeys(keys, "0-0")
+        latencies: list[float] = []
+        ready.put(0)
+        while not stop.is_set():
+            reply: Any = client.xread(last, block=100, count=10_000)  # type: ignore[arg-type]
+            arrived = time.time()
+            for key, entries in reply or ():
+                for entry_id, fields in entries:
+                    last[key.decode()] = entry_id
+                    stamp = json.loads(fields[b"payload"]).get("t")
+                    if stamp is not None:
+                        latencies.append(arrived - stamp)
+            received.value = len(latencies)
+        results.put(latencies)
+    except Exception:
+        results.put(traceback.format_exc())
+
+
+def run(bench: Bench) -> dict[str, Any]:
+    """Both modes, one after the other, each with a fresh worker and beat."""
+    out: dict[str, Any] = {
+        "runs": bench.sizes.latency_runs,
+        "rate": bench.sizes.latency_rate,
+        "seconds": bench.sizes.latency_seconds,
+        "producers": f"{PRODUCER_PROCESSES} processes x {THREADS_PER_PRODUCER} threads",
+        "modes": {},
+    }
+    samples: dict[str, list[float]] = {}
+    for mode in (KICK, BEAT):
+        if mode == KICK and not kick_supported():
+            logger.warning("latency %s: append_event has no kick parameter; skipped", mode)
+            out["modes"][mode] = {"skipped": "append_event has no kick parameter"}
+            continue
+        result, latencies = _run_mode(bench, mode)
+        out["modes"][mode] = result
+        samples[mode] = latencies
+    out["samples"] = samples  # raw, for the chart; the report drops it from the JSON
+    return out
+
+
+def _run_mode(bench: Bench, mode: str) -> tuple[dict[str, Any], list[float]]:
+    env, conn, client, sizes = bench.env, bench.conn, bench.redis, bench.sizes
+    run_ids = seed.make_run_ids(sizes.latency_runs, "latency")
+    total = int(sizes.latency_rate * sizes.latency_seconds)
+    strands = PRODUCER_PROCESSES * THREADS_PER_PRODUCER
+    ctx = mp.get_context("spawn")
+    ready: mp.Queue[int] = ctx.Queue()
+    producer_results: mp.Queue[ProducerReport] = ctx.Queue()
+    consumer_results: mp.Queue[list[float] | str] = ctx.Queue()
+    go, stop = ctx.Event(), ctx.Event()
+    start_at = ctx.Value("d", 0.0)
+    received = ctx.Value("q", 0)
+    procs: list[Any] = []
+    worker = project.start_worker(env, bench.workdir, bench.workers, tag=f"latency-{mode}")
+    beat: project.CeleryProcess | None = None
+    try:
+        project.warm_up(conn, client, env, worker, bench.workers)
+        beat = project.start_beat(env, bench.workdir, project.DISPATCH_INTERVAL, tag=mode)
+        seed.reset(conn, client, env)
+        seed.seed_runs(conn, run_ids, 0)
+        seed.settle(conn)
+        keys = [env.stream_key(rid) for rid in run_ids]
+        procs.append(
+            ctx.Process(
+                target=consumer_main,
+                args=(env.redis_url, keys, ready, stop, received, consumer_results),
+                daemon=True,
+            )
+        )
+        for index in range(PRODUCER_PROCESSES):
+            spec = ProducerSpec(index, run_ids, sizes.latency_rate, total, strands, mode == KICK)
+            procs.append(
+                ctx.Process(
+                    target=producer_main,
+                    args=(spec, ready, start_at, go, producer_results),
+                    daemon=True,
+                )
+            )
+        for proc in procs:
+            proc.start()
+        _wait_ready(ready, len(procs), procs, worker, beat)
+        # The warm-up events must be out of the way before the clock starts.
+        measure.wait_published(conn, timeout=60, tick=lambda _e: _alive(worker, beat))
+        logger.info("latency %s: producing %d events at %.0f/s", mode, total, sizes.latency_rate)
+        start_at.value = time.monotonic() + 0.2
+        cpu = measure.CpuTimes.now()
+        go.set()
+        reports = _collect_producers(producer_results, worker, beat, sizes.latency_seconds)
+        produced_in = time.monotonic() - start_at.value
+        idle = measure.CpuTimes.now().idle_since(cpu)
+        produced = sum(r.produced for r in reports)
+        deadline = time.monotonic() + 60
+        while received.value < produced and time.monotonic() < deadline:
+            _alive(worker, beat)
+            time.sleep(0.05)
+        stop.set()
+        consumed = consumer_results.get(timeout=60)
+        if isinstance(consumed, str):
+            raise measure.BenchError(f"latency consumer failed:\n{consumed}")
+        if len(consumed) != produced:
+            raise measure.BenchError(
+                f"latency {mode}: {produced} events committed, {len(consumed)} reached streams"
+            )
+        verify.verify(conn, client, env, complete=True, full=True, check_payloads=False)
+    finally:
+        stop.set()
+        go.set()
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=10)
+        if beat is not None:
+            beat.stop()
+        worker.stop()
+        seed.reset(conn, client, env)
+    consumed.sort()
+    commit_times = sorted(t for r in reports for t in r.append_commit)
+    result = {
+        "events": produced,
+        "achieved_rate": round(produced / produced_in, 1),
+        "p50_ms": round(1000 * measure.percentile(consumed, 50), 1),
+        "p99_ms": round(1000 * measure.percentile(consumed, 99), 1),
+        "max_ms": round(1000 * consumed[-1], 1),
+        "mean_ms": round(1000 * statistics.fmean(consumed), 1),
+        "producer_append_commit_p50_ms": round(1000 * measure.percentile(commit_times, 50), 2),
+        "producer_late_events": sum(r.late for r in reports),
+        "producer_max_lag_ms": round(1000 * max(r.max_lag for r in reports), 1),
+        "cpu_idle_pct": round(idle, 1),
+        "percentiles_ms": [
+            round(1000 * measure.percentile(consumed, q), 2) for q in range(0, 101)
+        ],
+    }
+    logger.info(
+        "latency %s: %d events, p50 %.1f ms, p99 %.1f ms, max %.1f ms, cpu idle %.0f%%, "
+        "%d events late",
+        mode,
+        produced,
+        result["p50_ms"],
+        result["p99_ms"],
+        result["max_ms"],
+        idle,
+        result["producer_late_events"],
+    )
+    return result, consumed
+
+
+def _alive(worker: project.CeleryProcess, beat: project.CeleryProcess | None) -> None:
+    worker.check()
+    if beat is not None:
+        beat.check()
+
+
+def _wait_ready(
+    ready: mp.Queue[int],
+    count: int,
+    procs: list[Any],
+    worker: project.CeleryProcess,
+    beat: project.CeleryProcess | None,
+) -> None:
+    deadline = time.monotonic() + 120
+    seen = 0
+    while seen < count:
+        try:
+            ready.get(timeout=0.5)
+            seen += 1
+        except queue.Empty:
+            _alive(worker, beat)
+            for proc in procs:
+                if proc.exitcode is not None:
+                    raise measure.BenchError(f"latency process exited with {proc.exitcode}")
+            if time.monotonic() > deadline:
+                raise measure.BenchError("latency producers/consumer did not start") from None
+
+
+def _collect_producers(
+    results: mp.Queue[ProducerReport],
+    worker: project.CeleryProcess,
+    beat: project.CeleryProcess | None,
+    seconds: float,
+) -> list[ProducerReport]:
+    reports: list[ProducerReport] = []
+    deadline = time.monotonic() + seconds + 120
+    while len(reports) < PRODUCER_PROCESSES:
+        try:
+            report = results.get(timeout=0.5)
+        except queue.Empty:
+            _alive(worker, beat)
+            if time.monotonic() > deadline:
+                raise measure.BenchError("latency producers did not finish") from None
+            continue
+        if report.error is not None:
+            raise measure.BenchError(f"latency producer failed:\n{report.error}")
+        reports.append(report)
+    return reports

@@ -1,0 +1,231 @@
+"""The project under test, run two ways: real Celery workers end to end, and in-process drains.
+
+End to end, the bench starts ``python -m celery -A tasks worker --pool=prefork`` (and, for the
+latency workload, ``celery beat``) as subprocesses, each in its own process group so that
+stopping it reaches its pool children, with the environment that points them at the bench's
+database, Redis prefix and queue. Workers log at WARNING: at INFO every task writes two lines,
+which at thousands of tasks a second would be measured too.
+
+Throughput runs do not start beat: the bench itself sends ``outbox.dispatch`` (exactly what
+beat sends, with beat's ``expires``) at the start and then every dispatch interval, so the
+first dispatch goes out the moment the clock starts instead of up to an interval later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+import tasks
+from bench import env as bench_env
+from bench import measure, seed
+from models.db import make_engine
+from tasks import streams
+from tasks.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+DISPATCH_INTERVAL = 1.0
+# What beat attaches to each dispatch (celeryconfig.beat_schedule): a stale one is dropped.
+DISPATCH_EXPIRES = max(DISPATCH_INTERVAL * 5, 5.0)
+
+
+class CeleryProcess:
+    """One ``celery -A tasks ...`` subprocess in its own process group, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], environ: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "tasks", *args],
+                cwd=REPO,
+                env=environ,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: stop() reaches the pool children too
+            )
+
+    @property
+    def pid(self) -> int:
+        """The main process's pid (the prefork parent, for a worker)."""
+        return self.proc.pid
+
+    def tail(self, lines: int = 40) -> str:
+        """The last lines of the process's log."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def check(self) -> None:
+        """Raise BenchError if the process has exited."""
+        if self.proc.poll() is not None:
+            raise measure.BenchError(
+                f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}"
+            )
+
+    def stop(self, timeout: float = 30) -> None:
+        """Warm shutdown (SIGTERM to the group), then SIGKILL whatever is left."""
+        if self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
+        # Pool children may outlive a parent that was killed: the group signal reaches them.
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def start_worker(
+    env: bench_env.BenchEnv, workdir: Path, concurrency: int, tag: str
+) -> CeleryProcess:
+    """Start a prefork worker with ``concurrency`` processes on the bench queue."""
+    args = [
+        "worker",
+        "--pool=prefork",
+        f"--concurrency={concurrency}",
+        f"--queues={env.queue}",
+        # Under the bench prefix, so any key named after the node is cleaned up with the rest.
+        f"--hostname={env.key_prefix}{tag}@%h",
+        "--without-mingle",
+        "--without-gossip",
+        "--loglevel=WARNING",
+    ]
+    environ = os.environ | env.variables()
+    return CeleryProcess(f"worker {tag}", args, environ, workdir / f"worker-{tag}.log")
+
+
+def start_beat(env: bench_env.BenchEnv, workdir: Path, interval: float, tag: str) -> CeleryProcess:
+    """Start beat sending ``outbox.dispatch`` every ``interval`` seconds to the bench queue."""
+    args = ["beat", f"--schedule={workdir / f'beat-{tag}.schedule'}", "--loglevel=INFO"]
+    environ = os.environ | env.variables(dispatch_interval=interval)
+    return CeleryProcess(f"beat {tag}", args, environ, workdir / f"beat-{tag}.log")
+
+
+def send_dispatch(env: bench_env.BenchEnv) -> None:
+    """Send one ``outbox.dispatch`` to the bench queue, as beat does."""
+    tasks.app.send_task("outbox.dispatch", queue=env.queue, expires=DISPATCH_EXPIRES)
+
+
+def dispatcher(
+    env: bench_env.BenchEnv, workers: list[CeleryProcess], interval: float = DISPATCH_INTERVAL
+) -> measure.Tick:
+    """A poll tick that checks the processes are alive and sends dispatch on beat's schedule."""
+    due = [0.0]
+
+    def tick(elapsed: float) -> None:
+        for worker in workers:
+            worker.check()
+        if elapsed >= due[0]:
+            send_dispatch(env)
+            # Fixed schedule from the start, like beat: a slow send does not shift later ones.
+            while due[0] <= elapsed:
+                due[0] += interval
+
+    return tick
+
+
+def warm_up(
+    conn: psycopg.Connection,
+    client: redis.Redis,
+    env: bench_env.BenchEnv,
+    worker: CeleryProcess,
+    processes: int,
+) -> float:
+    """Drain a few tiny runs through the worker: proves it consumes, warms every pool child.
+
+    Returns the seconds it took from start-up (import, connect) to the last entry.
+    """
+    started = time.monotonic()
+    seed.reset(conn, client, env)
+    seed.seed_runs(conn, seed.make_run_ids(4 * processes, "warm-up"), 1)
+    measure.wait_published(conn, timeout=120, interval=0.05, tick=dispatcher(env, [worker]))
+    seed.reset(conn, client, env)
+    return time.monotonic() - started
+
+
+def end_to_end(
+    conn: psycopg.Connection,
+    env: bench_env.BenchEnv,
+    worker: CeleryProcess,
+    events: int,
+    *,
+    timeout: float,
+) -> measure.Measurement:
+    """Time from the first dispatch (data already committed) until no event is unpublished."""
+    tick = dispatcher(env, [worker])
+    cpu = measure.CpuTimes.now()
+    start = time.monotonic()
+    end, _ = measure.wait_published(conn, timeout=timeout, tick=tick)
+    return measure.Measurement(events, end - start, measure.CpuTimes.now().idle_since(cpu))
+
+
+@dataclasses.dataclass(frozen=True)
+class InProcess:
+    """The drain's explicit collaborators, built from the same environment as the workers'."""
+
+    session_factory: sessionmaker[Session]
+    publisher: streams.RedisStreamPublisher
+    settings: Settings
+
+    @classmethod
+    def build(cls) -> InProcess:
+        """Build them from this process's environment (the bench's, see env.export)."""
+        settings = Settings.from_env()
+        client = streams.connect(settings.redis_url, timeout=settings.redis_timeout)
+        return cls(
+            session_factory=sessionmaker(make_engine(settings.database_url), expire_on_commit=False),
+            publisher=streams.RedisStreamPublisher(client, settings.stream_prefix),
+            settings=settings,
+        )
+
+    def drain_all(self, events: int, *, timeout: float) -> measure.Measurement:
+        """Loop ``drain_outbox_once()`` in this process until a pass ends ``drained``."""
+        cpu = measure.CpuTimes.now()
+        start = time.monotonic()
+        published = 0
+        while True:
+            result = tasks.drain_outbox_once(
+                session_factory=self.session_factory,
+                publisher=self.publisher,
+                settings=self.settings,
+            )
+            published += result.published
+            if result.failed:
+                raise measure.BenchError(f"in-process drain: {result.failed} runs failed")
+            if result.status == tasks.Status.DRAINED:
+                break
+            if time.monotonic() - start > timeout:
+                raise measure.BenchError(f"in-process drain not done after {timeout:.0f}s")
+        seconds = time.monotonic() - start
+        if published != events:
+            raise measure.BenchError(f"in-process drain published {published} of {events}")
+        return measure.Measurement(events, seconds, measure.CpuTimes.now().idle_since(cpu))
+
+    def close(self) -> None:
+        """Close the engine's connections and the Redis client."""
+        engine = self.session_factory.kw.get("bind")
+        if engine is not None:
+            engine.dispose()
+        self.publisher.client.close()
