@@ -79,6 +79,15 @@ def session_factory(url: str | URL | None = None) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
 
 
+def dispose_engines() -> None:
+    """Close and forget this process's engines (for shutdown, and for tests)."""
+    with _lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.dispose()
+
+
 def _forget_inherited_pools() -> None:
     # A forked child (a prefork worker process) must never use the parent's pooled sockets:
     # drop them without closing, so the parent's connections stay intact.
