@@ -55,7 +55,9 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     options.setdefault("application_name", "outbox")
     return create_engine(
         normalize_url(url),
-        pool_pre_ping=True,
+        # No ping per checkout: it would cost a round trip per batch. A broken connection fails
+        # the statement instead; SQLAlchemy replaces it and the task retries.
+        pool_pre_ping=False,
         json_serializer=_json_dumps,
         connect_args=options,
         **kwargs,

@@ -9,14 +9,16 @@ were; the next drain re-publishes and the sink drops what it already has.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from models.ids import parse_run_id
@@ -217,9 +219,16 @@ def runs_with_more(
     """Return the runs of ``cursors`` with events at or after their cursor."""
     if not cursors:
         return set()
+    params = {"run_ids": list(cursors), "next_seqs": list(cursors.values())}
+    with _autocommit(session_factory) as connection:
+        return set(connection.execute(sql.RUNS_WITH_MORE, params).scalars())
+
+
+@contextlib.contextmanager
+def _autocommit(session_factory: SessionFactory) -> Iterator[Connection]:
+    # A lone read needs no transaction: autocommit spares the BEGIN and ROLLBACK round trips.
     with session_factory() as session:
-        params = {"run_ids": list(cursors), "next_seqs": list(cursors.values())}
-        return set(session.execute(sql.RUNS_WITH_MORE, params).scalars())
+        yield session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 def drain_outbox_for_runs(
@@ -316,11 +325,11 @@ def find_pending_runs(
 
     With ``after``, the runs after that id: the next page of a scan.
     """
-    with session_factory() as session:
+    with _autocommit(session_factory) as connection:
         if after is None:
-            return list(session.execute(sql.FIND_PENDING, {"limit": limit}).scalars())
+            return list(connection.execute(sql.FIND_PENDING, {"limit": limit}).scalars())
         params = {"limit": limit, "after": after}
-        return list(session.execute(sql.FIND_PENDING_AFTER, params).scalars())
+        return list(connection.execute(sql.FIND_PENDING_AFTER, params).scalars())
 
 
 def drain_outbox_once(
