@@ -51,18 +51,18 @@ def dispatch_pending(
     limit: int,
     group_size: int,
 ) -> DispatchResult:
-    """Queue drains for up to ``limit`` runs with pending events and no drain queued.
+    """Look at up to ``limit`` runs with pending events; queue drains for those with none queued.
 
-    Scans the pending runs page by page, so runs whose drains are already queued never hide
-    the runs behind them.
+    Each pass starts where the previous one stopped, in run id order, and wraps around, so a
+    backlog of queued runs never hides the runs behind it, and no pass costs more than
+    ``limit`` runs' worth of work.
     """
-    found = enqueued = 0
-    after: uuid.UUID | None = None
-    while enqueued < limit:
-        page = find_pending_runs(session_factory, limit, after=after)
-        found += len(page)
-        enqueued += queue_drains(queued, page, enqueue, group_size=group_size)
-        if len(page) < limit:
-            break
-        after = page[-1]
-    return DispatchResult(found=found, enqueued=enqueued)
+    after = queued.dispatch_cursor()
+    page = find_pending_runs(session_factory, limit, after=after)
+    if len(page) < limit and after is not None:  # the end: wrap around to the first runs
+        seen = set(page)
+        wrapped = find_pending_runs(session_factory, limit - len(page))
+        page += [run_id for run_id in wrapped if run_id not in seen]
+    queued.set_dispatch_cursor(page[-1] if len(page) >= limit else None)
+    enqueued = queue_drains(queued, page, enqueue, group_size=group_size)
+    return DispatchResult(found=len(page), enqueued=enqueued)

@@ -41,7 +41,7 @@ class Settings:
     batch_max_bytes: int = 4 * 1024 * 1024
     max_batches: int = 20
     max_attempts: int = 10
-    group_size: int = 20
+    group_size: int = 50
     dispatch_limit: int = 10_000
     queued_ttl: int = 300
     redis_timeout: float = 5.0
@@ -59,7 +59,7 @@ class Settings:
             batch_max_bytes=int(_positive(env, "OUTBOX_BATCH_MAX_BYTES", 4 * 1024 * 1024)),
             max_batches=int(_positive(env, "OUTBOX_MAX_BATCHES", 20)),
             max_attempts=int(_positive(env, "OUTBOX_MAX_ATTEMPTS", 10)),
-            group_size=int(_positive(env, "OUTBOX_GROUP_SIZE", 20)),
+            group_size=int(_positive(env, "OUTBOX_GROUP_SIZE", 50)),
             dispatch_limit=int(_positive(env, "OUTBOX_DISPATCH_LIMIT", 10_000)),
             queued_ttl=int(_positive(env, "OUTBOX_QUEUED_TTL", 300)),
             redis_timeout=_positive(env, "OUTBOX_REDIS_TIMEOUT", 5.0, float),

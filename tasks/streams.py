@@ -185,6 +185,19 @@ class QueuedDrains:
             pipe.set(self._key(run_id), 1, nx=True, ex=ttl or self.ttl)
         return [run_id for run_id, ok in zip(run_ids, pipe.execute(), strict=True) if ok]
 
+    def dispatch_cursor(self) -> uuid.UUID | None:
+        """Return the run id the last dispatch pass stopped at, if it stopped early."""
+        value = self.client.get(f"{self.prefix}dispatch-cursor")
+        return uuid.UUID(value.decode()) if isinstance(value, bytes) else None
+
+    def set_dispatch_cursor(self, run_id: uuid.UUID | None) -> None:
+        """Record where the next dispatch pass starts (None: from the first run)."""
+        key = f"{self.prefix}dispatch-cursor"
+        if run_id is None:
+            self.client.delete(key)
+        else:
+            self.client.set(key, str(run_id), ex=self.ttl)
+
     def release(self, run_ids: Sequence[uuid.UUID]) -> None:
         """Remove the marks of ``run_ids``: their queued drain has started."""
         if run_ids:

@@ -53,7 +53,7 @@ def test_dispatch_never_queues_a_second_drain_for_a_run_that_has_one_queued(
     assert queued_runs(redis_client, broker_queue) == sorted(map(str, [*runs, runs[0]]))
 
 
-def test_dispatch_queues_runs_in_groups_and_pages_past_runs_already_queued(
+def test_dispatch_queues_runs_in_groups_and_each_pass_starts_where_the_last_stopped(
     Session: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
@@ -64,7 +64,9 @@ def test_dispatch_queues_runs_in_groups_and_pages_past_runs_already_queued(
     runs = sorted(seed(Session, runs=5, events=1))
 
     assert dispatch() == {"found": 3, "enqueued": 3}
-    assert dispatch() == {"found": 5, "enqueued": 2}  # the first page is all queued already
+    # The next pass starts after the third run and wraps around to the first.
+    assert dispatch() == {"found": 3, "enqueued": 2}
+    assert dispatch() == {"found": 3, "enqueued": 0}  # every run has its drain queued
 
     assert queued_drains(redis_client, broker_queue) == [
         ("outbox.drain_runs", [str(runs[0]), str(runs[1])]),
