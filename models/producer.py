@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models import errors
+from models.env import positive_int
 from models.ids import parse_run_id
 from models.run import Run, RunEvent, RunOutbox
 
@@ -29,16 +30,7 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 def max_payload_bytes(environ: dict[str, str] | None = None) -> int:
     """Return the payload size limit from OUTBOX_MAX_PAYLOAD_BYTES (default 1 MiB)."""
     env = os.environ if environ is None else environ
-    raw = env.get(MAX_PAYLOAD_BYTES_ENV)
-    if not raw:
-        return DEFAULT_MAX_PAYLOAD_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise errors.ConfigError(f"{MAX_PAYLOAD_BYTES_ENV} must be a positive integer")
-    return value
+    return positive_int(env, MAX_PAYLOAD_BYTES_ENV, DEFAULT_MAX_PAYLOAD_BYTES)
 
 
 def kick_by_default(environ: dict[str, str] | None = None) -> bool:

@@ -90,42 +90,41 @@ def _follow_up(results: list[drain.DrainResult]) -> None:
         drain_run.apply_async(args=(str(run_id),), countdown=_backoff(0))
 
 
+def _drain(task: Task[Any, Any], run_ids: list[uuid.UUID]) -> list[drain.DrainResult]:
+    """The body of both drain tasks: drain ``run_ids``, retry on failure, queue what follows."""
+    current = runtime.current()
+    # This message is being handled: from now on a new drain of these runs may be queued.
+    current.queued.release(run_ids)
+    sessions, publisher, settings = current.session_factory, current.publisher, current.settings
+    try:
+        if len(run_ids) == 1:  # a refusal raises, and this task retries with backoff
+            results = [
+                drain.drain_outbox_for_run(
+                    run_ids[0], session_factory=sessions, publisher=publisher, settings=settings
+                )
+            ]
+        else:  # a refusal leaves that run "more" with its error; _follow_up retries it alone
+            results = drain.drain_outbox_for_runs(
+                run_ids, session_factory=sessions, publisher=publisher, settings=settings
+            )
+    except RETRYABLE as exc:
+        _retry(task, run_ids, exc)
+    _follow_up(results)
+    return results
+
+
 @app.task(name="outbox.drain_run", bind=True, max_retries=None)
 def drain_run(self: Task[Any, Any], run_id: str) -> dict[str, Any]:
-    """Drain one run; returns ``{"run_id", "status", "published"}``."""
-    rid = parse_run_id(run_id)  # a malformed id fails the task at once: retrying cannot help
-    current = runtime.current()
-    # This message is being handled: from now on a new drain of the run may be queued.
-    current.queued.release([rid])
-    try:
-        result = drain.drain_outbox_for_run(
-            rid,
-            session_factory=current.session_factory,
-            publisher=current.publisher,
-            settings=current.settings,
-        )
-    except RETRYABLE as exc:
-        _retry(self, [rid], exc)
-    _follow_up([result])
+    """Drain one run; returns ``{"run_id", "status", "published"}`` (and ``error``)."""
+    # A malformed id fails the task at once: retrying cannot help.
+    [result] = _drain(self, [parse_run_id(run_id)])
     return result.as_dict()
 
 
 @app.task(name="outbox.drain_runs", bind=True, max_retries=None)
 def drain_runs(self: Task[Any, Any], run_ids: list[str]) -> dict[str, Any]:
     """Drain a group of runs; returns ``{"runs", "published", "statuses"}``."""
-    ids = [parse_run_id(r) for r in run_ids]
-    current = runtime.current()
-    current.queued.release(ids)
-    try:
-        results = drain.drain_outbox_for_runs(
-            ids,
-            session_factory=current.session_factory,
-            publisher=current.publisher,
-            settings=current.settings,
-        )
-    except RETRYABLE as exc:
-        _retry(self, ids, exc)
-    _follow_up(results)
+    results = _drain(self, [parse_run_id(r) for r in run_ids])
     return {
         "runs": len(results),
         "published": sum(r.published for r in results),

@@ -9,24 +9,11 @@ from collections.abc import Mapping
 from sqlalchemy import URL
 
 from models.db import database_url
-from tasks import errors
+from models.env import positive_float, positive_int
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STREAM_PREFIX = "outbox:run:"
 DEFAULT_QUEUED_PREFIX = "outbox:queued:"
-
-
-def _positive(env: Mapping[str, str], name: str, default: float, kind: type = int) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise errors.ConfigError(f"{name} must be a positive {kind.__name__}, got {raw!r}")
-    return float(value) if kind is float else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +42,12 @@ class Settings:
             redis_url=env.get("OUTBOX_REDIS_URL") or DEFAULT_REDIS_URL,
             stream_prefix=env.get("OUTBOX_STREAM_PREFIX") or DEFAULT_STREAM_PREFIX,
             queued_prefix=env.get("OUTBOX_QUEUED_PREFIX") or DEFAULT_QUEUED_PREFIX,
-            batch_size=int(_positive(env, "OUTBOX_BATCH_SIZE", 500)),
-            batch_max_bytes=int(_positive(env, "OUTBOX_BATCH_MAX_BYTES", 4 * 1024 * 1024)),
-            max_batches=int(_positive(env, "OUTBOX_MAX_BATCHES", 20)),
-            max_attempts=int(_positive(env, "OUTBOX_MAX_ATTEMPTS", 10)),
-            group_size=int(_positive(env, "OUTBOX_GROUP_SIZE", 50)),
-            dispatch_limit=int(_positive(env, "OUTBOX_DISPATCH_LIMIT", 10_000)),
-            queued_ttl=int(_positive(env, "OUTBOX_QUEUED_TTL", 300)),
-            redis_timeout=_positive(env, "OUTBOX_REDIS_TIMEOUT", 5.0, float),
+            batch_size=positive_int(env, "OUTBOX_BATCH_SIZE", cls.batch_size),
+            batch_max_bytes=positive_int(env, "OUTBOX_BATCH_MAX_BYTES", cls.batch_max_bytes),
+            max_batches=positive_int(env, "OUTBOX_MAX_BATCHES", cls.max_batches),
+            max_attempts=positive_int(env, "OUTBOX_MAX_ATTEMPTS", cls.max_attempts),
+            group_size=positive_int(env, "OUTBOX_GROUP_SIZE", cls.group_size),
+            dispatch_limit=positive_int(env, "OUTBOX_DISPATCH_LIMIT", cls.dispatch_limit),
+            queued_ttl=positive_int(env, "OUTBOX_QUEUED_TTL", cls.queued_ttl),
+            redis_timeout=positive_float(env, "OUTBOX_REDIS_TIMEOUT", cls.redis_timeout),
         )
