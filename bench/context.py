@@ -54,8 +54,8 @@ FULL = Sizes(
 
 QUICK = Sizes(
     deep_runs=10,
-    deep_events=300,
-    wide_runs=300,
+    deep_events=500,
+    wide_runs=500,
     wide_events=10,
     latency_runs=100,
     latency_rate=200,
@@ -83,3 +83,4 @@ class Bench:
     reps: int
     workers: int
     workdir: Path
+    redis_pid: int  # the Redis server's, for its CPU time (same machine: 127.0.0.1 only)

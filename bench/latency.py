@@ -24,6 +24,7 @@ import json
 import logging
 import multiprocessing as mp
 import multiprocessing.synchronize as mp_sync
+import os
 import queue
 import statistics
 import threading
@@ -44,6 +45,7 @@ BEAT = "beat"
 PRODUCER_PROCESSES = 2
 THREADS_PER_PRODUCER = 4
 _PAD = "x" * 150  # payloads of ~200 bytes as JSON, like the throughput workloads'
+READ_INTERVAL = 0.002  # seconds; the consumer's arrival times are late by at most this
 
 
 def kick_supported() -> bool:
@@ -73,11 +75,13 @@ class ProducerReport:
     late: int = 0  # events started more than 10 ms after their due time
     max_lag: float = 0.0
     append_commit: list[float] = dataclasses.field(default_factory=list)  # seconds
+    cpu_seconds: float = 0.0  # the process's CPU time while producing (all threads)
     error: str | None = None
 
 
 def _strand(
     spec: ProducerSpec,
+    parent: int,
     strand: int,
     warmed: threading.Barrier,
     go: mp_sync.Event,
@@ -86,15 +90,17 @@ def _strand(
     lock: threading.Lock,
 ) -> None:
     try:
-        _produce(spec, strand, warmed, go, start_at, report, lock)
+        _produce(spec, parent, strand, warmed, go, start_at, report, lock)
     except Exception:
         with lock:
             report.error = report.error or traceback.format_exc()
         warmed.abort()  # the other threads and the process stop waiting for this one
+        raise
 
 
 def _produce(
     spec: ProducerSpec,
+    parent: int,
     strand: int,
     warmed: threading.Barrier,
     go: mp_sync.Event,
@@ -115,11 +121,18 @@ def _produce(
     with factory() as session, session.begin():
         append_event(session, runs[strand % len(runs)], "warm-up", {"pad": _PAD}, kick=spec.kick)
     warmed.wait()
-    go.wait()
+    if not measure.wait_event(go, parent):
+        return
     start = start_at.value
+    end = start + spec.total / spec.rate
     for k in range(strand, spec.total, spec.strands):
         due = start + k / spec.rate
-        lag = time.monotonic() - due
+        now = time.monotonic()
+        if now >= end:
+            # Bounded: a producer that fell behind stops on time rather than catching up, so
+            # the window stays the same; the achieved rate and skipped events are reported.
+            break
+        lag = now - due
         if lag < 0:
             time.sleep(-lag)
             lag = 0.0
@@ -144,6 +157,7 @@ def producer_main(
     results: mp.Queue[ProducerReport],
 ) -> None:
     """Producer process: threads warm up, report ready, then produce on the schedule."""
+    parent = measure.child_setup()
     report = ProducerReport()
     try:
         per_process = spec.strands // PRODUCER_PROCESSES
@@ -152,7 +166,16 @@ def producer_main(
         threads = [
             threading.Thread(
                 target=_strand,
-                args=(spec, spec.index * per_process + n, warmed, go, start_at, report, lock),
+                args=(
+                    spec,
+                    parent,
+                    spec.index * per_process + n,
+                    warmed,
+                    go,
+                    start_at,
+                    report,
+                    lock,
+                ),
                 daemon=True,
             )
             for n in range(per_process)
@@ -161,11 +184,26 @@ def producer_main(
             thread.start()
         warmed.wait()
         ready.put(spec.index)
+        measure.wait_event(go, parent)
+        cpu = time.process_time()
         for thread in threads:
             thread.join()
+        report.cpu_seconds = time.process_time() - cpu
     except Exception:
         report.error = report.error or traceback.format_exc()
-    results.put(report)
+        raise
+    finally:
+        results.put(report)  # the parent learns what happened, whatever it was
+
+
+@dataclasses.dataclass
+class ConsumerReport:
+    """What the consumer saw, and what reading cost."""
+
+    latencies: list[float] = dataclasses.field(default_factory=list)  # seconds
+    reads: int = 0
+    cpu_seconds: float = 0.0
+    error: str | None = None
 
 
 def consumer_main(
@@ -174,27 +212,41 @@ def consumer_main(
     ready: mp.Queue[int],
     stop: mp_sync.Event,
     received: Any,  # mp.Value("q"): timed entries seen so far
-    results: mp.Queue[list[float] | str],
+    results: mp.Queue[ConsumerReport],
 ) -> None:
     """Consumer process: XREAD BLOCK over every stream; latency = arrival - payload's ``t``."""
+    parent = measure.child_setup()
+    report = ConsumerReport()
     try:
         client = redis.Redis.from_url(redis_url, socket_timeout=30)
         last: dict[str | bytes, str | bytes] = dict.fromkeys(keys, "0-0")
-        latencies: list[float] = []
         ready.put(0)
-        while not stop.is_set():
+        cpu = time.process_time()
+        called = 0.0
+        while not stop.is_set() and os.getppid() == parent:
+            # An XREAD over hundreds of keys costs Redis work per key; when entries trickle in,
+            # back-to-back calls would make the measuring dearer than what it measures. At
+            # most one call per READ_INTERVAL: arrival times are late by at most that.
+            pause = called + READ_INTERVAL - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            called = time.monotonic()
             reply: Any = client.xread(last, block=100, count=10_000)  # type: ignore[arg-type]
             arrived = time.time()
+            report.reads += 1
             for key, entries in reply or ():
                 for entry_id, fields in entries:
                     last[key.decode()] = entry_id
                     stamp = json.loads(fields[b"payload"]).get("t")
                     if stamp is not None:
-                        latencies.append(arrived - stamp)
-            received.value = len(latencies)
-        results.put(latencies)
+                        report.latencies.append(arrived - stamp)
+            received.value = len(report.latencies)
+        report.cpu_seconds = time.process_time() - cpu
     except Exception:
-        results.put(traceback.format_exc())
+        report.error = traceback.format_exc()
+        raise
+    finally:
+        results.put(report)
 
 
 def run(bench: Bench) -> dict[str, Any]:
@@ -227,7 +279,7 @@ def _run_mode(bench: Bench, mode: str) -> tuple[dict[str, Any], list[float]]:
     ctx = mp.get_context("spawn")
     ready: mp.Queue[int] = ctx.Queue()
     producer_results: mp.Queue[ProducerReport] = ctx.Queue()
-    consumer_results: mp.Queue[list[float] | str] = ctx.Queue()
+    consumer_results: mp.Queue[ConsumerReport] = ctx.Queue()
     go, stop = ctx.Event(), ctx.Event()
     start_at = ctx.Value("d", 0.0)
     received = ctx.Value("q", 0)
@@ -264,20 +316,21 @@ def _run_mode(bench: Bench, mode: str) -> tuple[dict[str, Any], list[float]]:
         measure.wait_published(conn, timeout=60, tick=lambda _e: _alive(worker, beat))
         logger.info("latency %s: producing %d events at %.0f/s", mode, total, sizes.latency_rate)
         start_at.value = time.monotonic() + 0.2
-        cpu = measure.CpuTimes.now()
+        split = measure.CpuSplit(conn, bench.redis_pid, [*measure.tree(worker.pid), beat.pid])
         go.set()
         reports = _collect_producers(producer_results, worker, beat, sizes.latency_seconds)
         produced_in = time.monotonic() - start_at.value
-        idle = measure.CpuTimes.now().idle_since(cpu)
+        idle, cpu = split.stop()
         produced = sum(r.produced for r in reports)
         deadline = time.monotonic() + 60
         while received.value < produced and time.monotonic() < deadline:
             _alive(worker, beat)
             time.sleep(0.05)
         stop.set()
-        consumed = consumer_results.get(timeout=60)
-        if isinstance(consumed, str):
-            raise measure.BenchError(f"latency consumer failed:\n{consumed}")
+        consumer = consumer_results.get(timeout=60)
+        if consumer.error is not None:
+            raise measure.BenchError(f"latency consumer failed:\n{consumer.error}")
+        consumed = consumer.latencies
         if len(consumed) != produced:
             raise measure.BenchError(
                 f"latency {mode}: {produced} events committed, {len(consumed)} reached streams"
@@ -297,8 +350,11 @@ def _run_mode(bench: Bench, mode: str) -> tuple[dict[str, Any], list[float]]:
         seed.reset(conn, client, env)
     consumed.sort()
     commit_times = sorted(t for r in reports for t in r.append_commit)
+    producers_cpu = sum(r.cpu_seconds for r in reports)
     result = {
         "events": produced,
+        "skipped_events": total - produced,  # due after the window closed: producers fell behind
+        "target_rate": sizes.latency_rate,
         "achieved_rate": round(produced / produced_in, 1),
         "p50_ms": round(1000 * measure.percentile(consumed, 50), 1),
         "p99_ms": round(1000 * measure.percentile(consumed, 99), 1),
@@ -308,20 +364,37 @@ def _run_mode(bench: Bench, mode: str) -> tuple[dict[str, Any], list[float]]:
         "producer_late_events": sum(r.late for r in reports),
         "producer_max_lag_ms": round(1000 * max(r.max_lag for r in reports), 1),
         "cpu_idle_pct": round(idle, 1),
-        "percentiles_ms": [
-            round(1000 * measure.percentile(consumed, q), 2) for q in range(0, 101)
-        ],
+        # Cores busy, on average over the production window, by role.
+        "cores_producers": round(producers_cpu / produced_in, 2),
+        "cores_workers": round(cpu["client"] / produced_in, 2),  # worker pool + beat
+        "cores_postgres": round(cpu["postgres"] / produced_in, 2),
+        "cores_redis": round(cpu["redis"] / produced_in, 2),
+        "cores_consumer": round(consumer.cpu_seconds / produced_in, 2),
+        "cores_other": round(
+            max(cpu["other"] - producers_cpu - consumer.cpu_seconds, 0.0) / produced_in, 2
+        ),
+        "cores_machine": round((100 - idle) / 100 * (os.cpu_count() or 1), 2),
+        "consumer_reads_per_s": round(consumer.reads / produced_in, 1),
+        "percentiles_ms": [round(1000 * measure.percentile(consumed, q), 2) for q in range(101)],
     }
     logger.info(
-        "latency %s: %d events, p50 %.1f ms, p99 %.1f ms, max %.1f ms, cpu idle %.0f%%, "
-        "%d events late",
+        "latency %s: %d of %d events, p50 %.1f ms, p99 %.1f ms, max %.1f ms; %d events late; "
+        "cores busy: producers %.2f, workers %.2f, postgres %.2f, redis %.2f, consumer %.2f, "
+        "machine %.2f of %d",
         mode,
         produced,
+        total,
         result["p50_ms"],
         result["p99_ms"],
         result["max_ms"],
-        idle,
         result["producer_late_events"],
+        result["cores_producers"],
+        result["cores_workers"],
+        result["cores_postgres"],
+        result["cores_redis"],
+        result["cores_consumer"],
+        result["cores_machine"],
+        os.cpu_count() or 1,
     )
     return result, consumed
 
@@ -349,7 +422,9 @@ def _wait_ready(
             _alive(worker, beat)
             for proc in procs:
                 if proc.exitcode is not None:
-                    raise measure.BenchError(f"latency process exited with {proc.exitcode}")
+                    raise measure.BenchError(
+                        f"latency process exited with {proc.exitcode}"
+                    ) from None
             if time.monotonic() > deadline:
                 raise measure.BenchError("latency producers/consumer did not start") from None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,10 +44,22 @@ class CpuTimes:
         # user nice system idle iowait irq softirq steal (guest time is inside user already)
         return cls(idle=fields[3] + fields[4], total=sum(fields[:8]))
 
+    def busy_seconds_since(self, earlier: CpuTimes) -> float:
+        """CPU seconds (all cores) spent busy between ``earlier`` and this."""
+        busy = (self.total - earlier.total) - (self.idle - earlier.idle)
+        return busy / os.sysconf("SC_CLK_TCK")
+
     def idle_since(self, earlier: CpuTimes) -> float:
         """Percentage of CPU time (all cores) that was idle between ``earlier`` and this."""
         total = self.total - earlier.total
         return 100.0 * (self.idle - earlier.idle) / total if total > 0 else 0.0
+
+
+def idle_for(seconds: float) -> float:
+    """Sleep ``seconds`` and return the machine's idle percentage meanwhile."""
+    before = CpuTimes.now()
+    time.sleep(seconds)
+    return CpuTimes.now().idle_since(before)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +70,11 @@ class Measurement:
     seconds: float
     cpu_idle_pct: float
     capped: bool = False  # stopped at a time budget; the rate is over what it moved
+    # CPU seconds by role: the implementation's own processes, the bench database's server
+    # backends, the Redis server (which other users of the server may add to).
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)
+    # How busy the machine was just before the run: high means something else ran meanwhile.
+    background_busy_pct: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -108,17 +126,92 @@ def wait_published(
         time.sleep(interval)
 
 
+class CpuSplit:
+    """CPU seconds spent by the implementation, PostgreSQL and Redis over a timed interval."""
+
+    def __init__(self, conn: psycopg.Connection, redis_pid: int, clients: list[int]) -> None:
+        self.conn = conn
+        self.redis_pid = redis_pid
+        self.clients = clients
+        self.machine = CpuTimes.now()
+        self.before = self._read()
+
+    def _backends(self) -> dict[int, float]:
+        rows = self.conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        return {pid: cpu_seconds([pid]) for (pid,) in rows}
+
+    def _read(self) -> tuple[float, dict[int, float], float]:
+        return cpu_seconds(self.clients), self._backends(), cpu_seconds([self.redis_pid])
+
+    def stop(self) -> tuple[float, dict[str, float]]:
+        """Return (machine idle %, CPU seconds by role) since construction."""
+        machine = CpuTimes.now()
+        clients, backends, redis_cpu = self._read()
+        # A backend that appeared meanwhile started meanwhile: all of its time counts.
+        postgres = sum(cpu - self.before[1].get(pid, 0.0) for pid, cpu in backends.items())
+        split = {
+            "client": round(clients - self.before[0], 2),
+            "postgres": round(postgres, 2),
+            "redis": round(redis_cpu - self.before[2], 2),
+        }
+        # The rest of the machine's busy time: the bench's own poller, the kernel, PostgreSQL's
+        # background processes, and anything else running on the machine.
+        busy = machine.busy_seconds_since(self.machine)
+        split["other"] = round(max(busy - sum(split.values()), 0.0), 2)
+        return machine.idle_since(self.machine), split
+
+
+def child_setup() -> int:
+    """In a bench child process: leave Ctrl-C to the parent; return the parent's pid.
+
+    The terminal sends SIGINT to the whole process group; the bench then stops its children
+    itself (after their current transaction), so they ignore it rather than die mid-way.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return os.getppid()
+
+
+def wait_event(event: Any, parent: int, timeout: float | None = None) -> bool:
+    """Wait for a multiprocessing event; give up if the bench (``parent``) has died."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not event.wait(0.5):
+        if os.getppid() != parent or (deadline is not None and time.monotonic() > deadline):
+            return False
+    return True
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     """Return (VmRSS, VmHWM) of ``pid`` in KiB, or (0, 0) once it is gone."""
     values = {"VmRSS:": 0, "VmHWM:": 0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(" ")
-            if key in values:
-                values[key] = int(rest.split()[0])
+            key, _, rest = line.partition(":")
+            if f"{key}:" in values:
+                values[f"{key}:"] = int(rest.split()[0])
     except (FileNotFoundError, ProcessLookupError):
         pass
     return values["VmRSS:"], values["VmHWM:"]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """Return the CPU time (user + system) the live processes ``pids`` have used so far."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid: int) -> list[int]:
+    """Return ``pid`` and its children (a prefork worker and its pool)."""
+    return [pid, *children(pid)]
 
 
 def children(pid: int) -> list[int]:

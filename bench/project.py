@@ -13,6 +13,7 @@ first dispatch goes out the moment the clock starts instead of up to an interval
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -91,10 +92,8 @@ class CeleryProcess:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def start_worker(
@@ -170,15 +169,16 @@ def end_to_end(
     env: bench_env.BenchEnv,
     worker: CeleryProcess,
     events: int,
+    split: measure.CpuSplit,
     *,
     timeout: float,
 ) -> measure.Measurement:
     """Time from the first dispatch (data already committed) until no event is unpublished."""
     tick = dispatcher(env, [worker])
-    cpu = measure.CpuTimes.now()
     start = time.monotonic()
     end, _ = measure.wait_published(conn, timeout=timeout, tick=tick)
-    return measure.Measurement(events, end - start, measure.CpuTimes.now().idle_since(cpu))
+    idle, cpu = split.stop()
+    return measure.Measurement(events, end - start, idle, cpu=cpu)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,14 +195,17 @@ class InProcess:
         settings = Settings.from_env()
         client = streams.connect(settings.redis_url, timeout=settings.redis_timeout)
         return cls(
-            session_factory=sessionmaker(make_engine(settings.database_url), expire_on_commit=False),
+            session_factory=sessionmaker(
+                make_engine(settings.database_url), expire_on_commit=False
+            ),
             publisher=streams.RedisStreamPublisher(client, settings.stream_prefix),
             settings=settings,
         )
 
-    def drain_all(self, events: int, *, timeout: float) -> measure.Measurement:
+    def drain_all(
+        self, events: int, split: measure.CpuSplit, *, timeout: float
+    ) -> measure.Measurement:
         """Loop ``drain_outbox_once()`` in this process until a pass ends ``drained``."""
-        cpu = measure.CpuTimes.now()
         start = time.monotonic()
         published = 0
         while True:
@@ -219,9 +222,10 @@ class InProcess:
             if time.monotonic() - start > timeout:
                 raise measure.BenchError(f"in-process drain not done after {timeout:.0f}s")
         seconds = time.monotonic() - start
+        idle, cpu = split.stop()
         if published != events:
             raise measure.BenchError(f"in-process drain published {published} of {events}")
-        return measure.Measurement(events, seconds, measure.CpuTimes.now().idle_since(cpu))
+        return measure.Measurement(events, seconds, idle, cpu=cpu)
 
     def close(self) -> None:
         """Close the engine's connections and the Redis client."""

@@ -32,7 +32,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from bench.measure import BenchError
+from bench.measure import BenchError, child_setup, wait_event
 
 IDEAL = "ideal"
 PER_ROW = "per-row"
@@ -74,7 +74,7 @@ def partitions(count: int) -> list[tuple[uuid.UUID | None, uuid.UUID | None]]:
 
 def _select(spec: RelaySpec, *, limit: int, keyset: bool) -> sql.Composed:
     # Rows come off the partial index ix_run_events_pending (run_id, seq) in order.
-    conditions = [sql.SQL("published_at IS NULL")]
+    conditions: list[sql.Composable] = [sql.SQL("published_at IS NULL")]
     if spec.low is not None:
         conditions.append(sql.SQL("run_id >= {}").format(sql.Literal(spec.low)))
     if spec.high is not None:
@@ -159,9 +159,15 @@ def relay_main(
     ready: mp.Queue[int],
     start: mp_sync.Event,
     stop: mp_sync.Event,
+    release: mp_sync.Event,
     results: mp.Queue[tuple[int, int, str | None]],
 ) -> None:
-    """Child process: connect, report ready, wait for the start, relay, report the count."""
+    """Child process: connect, report ready, wait for the start, relay, report the count.
+
+    The process and its connection stay until ``release``, so the bench can read the CPU
+    time of both (a finished process's counters are gone).
+    """
+    parent = child_setup()
     try:
         with psycopg.connect(spec.conninfo) as conn:
             client = redis.Redis.from_url(spec.redis_url, socket_timeout=30)
@@ -169,10 +175,12 @@ def relay_main(
             conn.execute("SELECT 1")
             conn.rollback()
             ready.put(index)
-            start.wait()
+            if not wait_event(start, parent):
+                return
             moved = _RELAYS[spec.kind](conn, client, spec, stop)
+            results.put((index, moved, None))
+            wait_event(release, parent, timeout=300)
             client.close()
-        results.put((index, moved, None))
     except Exception:
         results.put((index, 0, traceback.format_exc()))
         raise
@@ -193,6 +201,7 @@ class RelayPool:
         self._results: mp.Queue[tuple[int, int, str | None]] = self._ctx.Queue()
         self._start = self._ctx.Event()
         self._stop = self._ctx.Event()
+        self._release = self._ctx.Event()
         self._reports: dict[int, tuple[int, str | None]] = {}
 
     def launch(self, timeout: float = 60) -> None:
@@ -200,7 +209,15 @@ class RelayPool:
         for index, spec in enumerate(self.specs):
             proc = self._ctx.Process(
                 target=relay_main,
-                args=(index, spec, self._ready, self._start, self._stop, self._results),
+                args=(
+                    index,
+                    spec,
+                    self._ready,
+                    self._start,
+                    self._stop,
+                    self._release,
+                    self._results,
+                ),
                 name=f"relay-{self.kind}-{index}",
                 daemon=True,
             )
@@ -220,6 +237,10 @@ class RelayPool:
     def go(self) -> None:
         """Let the relays start moving events."""
         self._start.set()
+
+    def pids(self) -> list[int]:
+        """The relay processes' pids."""
+        return [proc.pid for proc in self._procs]
 
     def halt(self) -> None:
         """Ask the relays to stop after their current transaction."""
@@ -244,21 +265,19 @@ class RelayPool:
                 raise RelayFailed(f"{self.kind} relay {proc.name} exited with {proc.exitcode}")
 
     def finish(self, timeout: float = 60) -> int:
-        """Wait for every relay to end; return the events they moved."""
+        """Wait for every relay to report its count (they then wait for ``close``)."""
         deadline = time.monotonic() + timeout
         while len(self._reports) < len(self._procs):
             if time.monotonic() > deadline:
                 raise RelayFailed(f"{self.kind} relays did not finish")
             self._collect(block=True, timeout=0.5)
             self.check()
-        for proc in self._procs:
-            proc.join(timeout=max(deadline - time.monotonic(), 1))
-        self.check()
         return sum(moved for moved, _ in self._reports.values())
 
     def close(self) -> None:
-        """Stop whatever still runs."""
+        """Let the relays exit; stop whatever still runs."""
         self._stop.set()
+        self._release.set()
         self._start.set()  # a relay still waiting to start sees the stop and returns
         for proc in self._procs:
             proc.join(timeout=10)
@@ -269,9 +288,7 @@ class RelayPool:
         self._results.close()
 
 
-def pool(
-    kind: str, processes: int, conninfo: str, redis_url: str, stream_prefix: str
-) -> RelayPool:
+def pool(kind: str, processes: int, conninfo: str, redis_url: str, stream_prefix: str) -> RelayPool:
     """Build (not start) a pool of ``processes`` relays of ``kind``, one run-id slice each."""
     specs = [
         RelaySpec(kind, conninfo, redis_url, stream_prefix, low, high)
