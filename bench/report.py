@@ -234,6 +234,7 @@ def write_charts(out: Path, results: dict[str, Any], samples: dict[str, list[flo
 
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     written: list[Path] = []
     workloads = [w for w in ("deep", "wide") if w in results]
@@ -291,6 +292,7 @@ def write_charts(out: Path, results: dict[str, Any], samples: dict[str, list[flo
             [s["published"] for s in memory["samples"]], [s["rss_mib"] for s in memory["samples"]]
         )
         ax.axhline(memory["baseline_rss_mib"] * 1.2, color="grey", linestyle="--", linewidth=1)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:,.0f}"))
         ax.set_xlabel("events published")
         ax.set_ylabel("pool process RSS (MiB)")
         ax.set_ylim(bottom=0)
