@@ -12,7 +12,6 @@ import threading
 from typing import Any
 
 from redis import Redis
-from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import session_factory as make_session_factory
 from tasks import streams
@@ -42,12 +41,9 @@ class Runtime:
     ) -> Runtime:
         """Build the collaborators that are not given from ``settings``."""
         client = redis_client or streams.connect(settings.redis_url, timeout=settings.redis_timeout)
-        factory: sessionmaker[Session] | SessionFactory = session_factory or make_session_factory(
-            settings.database_url
-        )
         return cls(
             settings=settings,
-            session_factory=factory,
+            session_factory=session_factory or make_session_factory(settings.database_url),
             redis=client,
             publisher=publisher or streams.RedisStreamPublisher(client, settings.stream_prefix),
             queued=QueuedDrains(client, settings.queued_prefix, settings.queued_ttl),
