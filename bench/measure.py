@@ -62,6 +62,19 @@ def idle_for(seconds: float) -> float:
     return CpuTimes.now().idle_since(before)
 
 
+def wait_quiet(busy_pct: float, patience: float, sample: float = 0.5) -> tuple[float, float]:
+    """Wait up to ``patience`` s for the machine to be under ``busy_pct`` % busy.
+
+    Returns (the last busy percentage seen, seconds waited).
+    """
+    start = time.monotonic()
+    while True:
+        busy = 100 - idle_for(sample)
+        waited = time.monotonic() - start
+        if busy <= busy_pct or waited >= patience:
+            return busy, waited
+
+
 @dataclasses.dataclass(frozen=True)
 class Measurement:
     """One timed repetition of one implementation."""
