@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from models import errors
 from models.env import positive_int
@@ -20,9 +22,19 @@ KICK_ENV = "OUTBOX_KICK_ON_COMMIT"
 MAX_PAYLOAD_BYTES_ENV = "OUTBOX_MAX_PAYLOAD_BYTES"
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
-# Row lock on the run's counter row: concurrent producers of one run queue here, so seq order is
-# commit order and a rollback leaves no gap. Drains never touch this column.
-_NEXT_SEQ = text("UPDATE runs SET last_seq = last_seq + 1 WHERE id = :run_id RETURNING last_seq")
+# One round trip: take the run's next seq and insert the event with it. The UPDATE locks the
+# run's counter row, so concurrent producers of one run queue here, seq order is commit order
+# and a rollback leaves no gap; drains never lock that row against it. No row: no such run.
+_APPEND = text(
+    """
+    WITH counter AS (
+        UPDATE runs SET last_seq = last_seq + 1 WHERE id = :run_id RETURNING id, last_seq
+    )
+    INSERT INTO run_events (run_id, seq, type, payload)
+    SELECT id, last_seq, :type, CAST(:payload AS jsonb) FROM counter
+    RETURNING id, seq, created_at
+    """
+)
 # JSON escapes U+0000 as \u0000, which JSONB refuses; an escaped backslash before it does not count.
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -88,9 +100,9 @@ def append_event(
 ) -> RunEvent:
     """Add the run's next event in the caller's transaction; it is published after commit.
 
-    With ``kick`` (default: OUTBOX_KICK_ON_COMMIT), a drain of the run is queued right after
-    the transaction commits (once per run, however many events), and never on rollback: the
-    event reaches the stream without waiting for beat's next dispatch.
+    With ``kick`` (default: OUTBOX_KICK_ON_COMMIT), the run is kicked right after the
+    transaction commits (once per run, however many events), and never on rollback: a drain
+    is queued, and the event reaches the stream without waiting for beat's next dispatch.
 
     Raises InvalidRunId, UnknownRun, InvalidPayload or PayloadTooLarge before anything is
     written, so a refused event never reaches the outbox.
@@ -98,13 +110,23 @@ def append_event(
     rid = parse_run_id(run_id)
     if not isinstance(type, str) or not type:
         raise errors.InvalidPayload(f"event type must be a non-empty string, got {type!r}")
-    encode_payload(payload, max_payload_bytes() if max_bytes is None else max_bytes)
-    seq = session.execute(_NEXT_SEQ, {"run_id": rid}).scalar_one_or_none()
-    if seq is None:
+    encoded = encode_payload(payload, max_payload_bytes() if max_bytes is None else max_bytes)
+    row = session.execute(_APPEND, {"run_id": rid, "type": type, "payload": encoded}).one_or_none()
+    if row is None:
         raise errors.UnknownRun(f"no run with id {rid}")
-    event = RunEvent(run_id=rid, seq=seq, type=type, payload=payload)
+    # Written by the statement above rather than by a flush (a third of a commit's CPU):
+    # the object joins the session as persistent, exactly as if it had been loaded.
+    event = RunEvent(
+        id=row.id,
+        run_id=rid,
+        seq=row.seq,
+        type=type,
+        payload=payload,
+        created_at=row.created_at,
+        published_at=None,
+    )
+    make_transient_to_detached(event)
     session.add(event)
-    session.flush()
     if kick_by_default() if kick is None else kick:
         _kick_after_commit(session, rid)
     return event
@@ -127,10 +149,15 @@ def _send_kicks(session: Session) -> None:
     run_ids = sorted(kicks)
     kicks.clear()
     if run_ids:
-        # Imported here: the tasks package builds on models, not the other way round.
-        from tasks.outbox import kick
+        _kicker()(run_ids)
 
-        kick(run_ids)
+
+@functools.cache
+def _kicker() -> Callable[[list[uuid.UUID]], None]:
+    # Imported on first use: the tasks package builds on models, not the other way round.
+    from tasks.outbox import kick
+
+    return kick
 
 
 def _forget_kicks(session: Session) -> None:

@@ -15,7 +15,7 @@ from tasks.drain import (
     drain_outbox_once,
     resume,
 )
-from tasks.outbox import dispatch, drain_run, drain_runs
+from tasks.outbox import dispatch, drain_kicked, drain_run, drain_runs
 from tasks.settings import Settings
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Status",
     "app",
     "dispatch",
+    "drain_kicked",
     "drain_outbox_for_run",
     "drain_outbox_for_runs",
     "drain_outbox_once",

@@ -1,9 +1,10 @@
 """The Celery tasks: thin wrappers that build collaborators, call the drain logic and report.
 
-``outbox.drain_run`` drains one run (what `celery call` and kicks use), ``outbox.drain_runs``
-drains a group of runs (what dispatch queues, so many small runs cost few tasks), and
-``outbox.dispatch`` is what beat runs. Drains re-queue the runs that have more; failures of the
-sink or the database are retried with exponential backoff and full jitter.
+``outbox.drain_run`` drains one run (what `celery call` uses), ``outbox.drain_runs`` drains a
+group of runs (what dispatch queues, so many small runs cost few tasks), ``outbox.drain_kicked``
+drains the runs producers kicked on commit, and ``outbox.dispatch`` is what beat runs. Drains
+re-queue the runs that have more; failures of the sink or the database are retried with
+exponential backoff and full jitter.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from models.ids import parse_run_id
 from tasks import drain, errors, runtime
 from tasks.celery_app import app
 from tasks.dispatch import dispatch_pending, queue_drains
+from tasks.streams import KickedRuns
 
 logger = get_task_logger(__name__)
 
@@ -41,18 +43,28 @@ def enqueue_drains(run_ids: list[uuid.UUID]) -> None:
 
 
 def kick(run_ids: Iterable[uuid.UUID]) -> None:
-    """Queue drains of runs whose producer just committed (``append_event(kick=True)``).
+    """Have the runs whose producer just committed drained soon (``append_event(kick=True)``).
 
+    The runs join the kicked set, and ``outbox.drain_kicked`` is queued unless one is queued
+    already: kicks coalesce, so a task per commit never floods the broker and the workers.
     Never raises: the events are committed already, and beat's dispatch will drain them if
     the kick cannot be sent.
     """
     try:
-        current = runtime.current()
-        queue_drains(
-            current.queued, list(run_ids), enqueue_drains, group_size=current.settings.group_size
-        )
+        kicked = runtime.current().kicked
+        if kicked.add(list(run_ids)):
+            _queue_kicked_drain(kicked)
     except Exception:
         logger.warning("could not kick a drain; dispatch will pick the runs up", exc_info=True)
+
+
+def _queue_kicked_drain(kicked: KickedRuns) -> None:
+    """Send ``outbox.drain_kicked`` (the caller holds the kicked set's mark)."""
+    try:
+        drain_kicked.apply_async()
+    except Exception:
+        kicked.release()  # not queued after all: let the next kick try
+        raise
 
 
 def _backoff(retries: int) -> int:
@@ -124,12 +136,56 @@ def drain_run(self: Task[Any, Any], run_id: str) -> dict[str, Any]:
 @app.task(name="outbox.drain_runs", bind=True, max_retries=None)
 def drain_runs(self: Task[Any, Any], run_ids: list[str]) -> dict[str, Any]:
     """Drain a group of runs; returns ``{"runs", "published", "statuses"}``."""
-    results = _drain(self, [parse_run_id(r) for r in run_ids])
+    return _group_report(_drain(self, [parse_run_id(r) for r in run_ids]))
+
+
+def _group_report(results: list[drain.DrainResult]) -> dict[str, Any]:
     return {
         "runs": len(results),
         "published": sum(r.published for r in results),
         "statuses": dict(collections.Counter(r.status.value for r in results)),
     }
+
+
+@app.task(name="outbox.drain_kicked", bind=True, max_retries=None)
+def drain_kicked(self: Task[Any, Any]) -> dict[str, Any]:
+    """Drain the runs producers kicked, a group at a time; returns what ``drain_runs`` does."""
+    current = runtime.current()
+    kicked, settings = current.kicked, current.settings
+    kicked.release()  # this drain has started: a kick from now on queues the next one
+    results: list[drain.DrainResult] = []
+    for _ in range(settings.max_batches):
+        run_ids = kicked.take(settings.group_size)
+        if not run_ids:
+            break
+        try:
+            group = drain.drain_outbox_for_runs(
+                run_ids,
+                session_factory=current.session_factory,
+                publisher=current.publisher,
+                settings=settings,
+            )
+        except RETRYABLE as exc:
+            kicked.put_back(run_ids)
+            _retry_kicked(self, kicked, exc)
+        _follow_up(group)
+        results += group
+    else:  # bounded work per task: the runs still kicked go to the next drain
+        if kicked.claim():
+            _queue_kicked_drain(kicked)
+    return _group_report(results)
+
+
+def _retry_kicked(task: Task[Any, Any], kicked: KickedRuns, exc: Exception) -> NoReturn:
+    """Retry ``outbox.drain_kicked`` with backoff, unless a drain of the set is queued already."""
+    retries = task.request.retries or 0
+    if task.request.called_directly or retries + 1 >= runtime.current().settings.max_attempts:
+        raise exc  # the runs stay kicked: the next kick, or beat's dispatch, drains them
+    countdown = _backoff(retries)
+    if not kicked.claim(ttl=countdown + runtime.current().settings.queued_ttl):
+        raise exc
+    logger.warning("drain of kicked runs failed, retry in %ss: %s", countdown, exc)
+    raise task.retry(exc=exc, countdown=countdown)
 
 
 @app.task(name="outbox.dispatch")

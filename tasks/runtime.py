@@ -17,18 +17,19 @@ from models.db import session_factory as make_session_factory
 from tasks import streams
 from tasks.drain import SessionFactory
 from tasks.settings import Settings
-from tasks.streams import Publisher, QueuedDrains
+from tasks.streams import KickedRuns, Publisher, QueuedDrains
 
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
-    """Settings plus the database, sink and queue-mark collaborators built from them."""
+    """Settings plus the database, sink, queue-mark and kick collaborators built from them."""
 
     settings: Settings
     session_factory: SessionFactory
     redis: Redis
     publisher: Publisher
     queued: QueuedDrains
+    kicked: KickedRuns
 
     @classmethod
     def build(
@@ -47,6 +48,7 @@ class Runtime:
             redis=client,
             publisher=publisher or streams.RedisStreamPublisher(client, settings.stream_prefix),
             queued=QueuedDrains(client, settings.queued_prefix, settings.queued_ttl),
+            kicked=KickedRuns(client, settings.queued_prefix, settings.queued_ttl),
         )
 
 

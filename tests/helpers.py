@@ -32,11 +32,13 @@ def seed(
     return ids
 
 
-def append(Session: sessionmaker[Session], run_id: uuid.UUID, count: int) -> None:
+def append(
+    Session: sessionmaker[Session], run_id: uuid.UUID, count: int, *, kick: bool | None = None
+) -> None:
     """Append ``count`` events to a run in one committed transaction."""
     with Session() as session, session.begin():
         for n in range(count):
-            append_event(session, run_id, "appended", {"n": n})
+            append_event(session, run_id, "appended", {"n": n}, kick=kick)
 
 
 def stream_seqs(client: redis.Redis, prefix: str, run_id: uuid.UUID) -> list[int]:

@@ -13,7 +13,7 @@ from models import RunOutbox
 from tasks import Status, drain_outbox_for_run
 from tasks.settings import Settings
 from tasks.streams import RedisStreamPublisher, stream_key
-from tests.helpers import db_state, seed, stream_seqs, wait_until
+from tests.helpers import append, db_state, seed, stream_seqs, wait_until
 from tests.workers import CeleryProcesses
 
 
@@ -108,3 +108,27 @@ def test_a_real_worker_retries_a_failing_run_with_backoff_then_parks_it(
     assert (row.attempts, row.next_seq) == (settings.max_attempts, 1)
     assert "WRONGTYPE" in (row.last_error or "")
     assert celery_processes.logs().count("retry in") == settings.max_attempts - 1
+
+
+def test_kicks_alone_drain_every_committed_event_through_a_real_worker(
+    Session: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    broker_queue: str,
+    celery_processes: CeleryProcesses,
+) -> None:
+    runs = seed(Session, runs=4, events=0)
+    celery_processes.start_worker(concurrency=2)
+
+    # Producers commit while the worker drains: no beat, so only the kicks queue drains.
+    for k in range(40):
+        append(Session, runs[k % 4], 1, kick=True)
+
+    for run_id in runs:
+        wait_until(
+            lambda run_id=run_id: db_state(Session, run_id) == (11, 10, 0), 30, f"run {run_id}"
+        )
+        assert stream_seqs(redis_client, settings.stream_prefix, run_id) == list(range(1, 11))
+    logs = celery_processes.logs()
+    assert "Task outbox.drain_kicked[" in logs
+    assert "Task outbox.dispatch[" not in logs

@@ -8,13 +8,15 @@ import json
 
 import pytest
 import redis
+from celery.exceptions import Retry
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import append_event
-from tasks import dispatch, drain_run, runtime, sql
+from tasks import dispatch, drain_kicked, drain_run, runtime, sql
 from tasks.settings import Settings
-from tests.helpers import append, seed, stream_seqs, unreachable_redis
+from tasks.streams import KickedRuns, RedisStreamPublisher
+from tests.helpers import append, db_state, seed, stream_seqs, unreachable_redis
 
 
 def queued_drains(client: redis.Redis, queue: str) -> list[tuple[str, list[str]]]:
@@ -24,7 +26,10 @@ def queued_drains(client: redis.Redis, queue: str) -> list[tuple[str, list[str]]
         message = json.loads(raw)
         args = json.loads(base64.b64decode(message["body"]))[0]
         task = message["headers"]["task"]
-        drains.append((task, [args[0]] if task == "outbox.drain_run" else args[0]))
+        if task == "outbox.drain_run":
+            drains.append((task, [args[0]]))
+        else:  # drain_runs takes a list of runs; drain_kicked takes none
+            drains.append((task, args[0] if args else []))
     return drains
 
 
@@ -75,8 +80,15 @@ def test_dispatch_queues_runs_in_groups_and_each_pass_starts_where_the_last_stop
     ]
 
 
-def test_a_kick_queues_one_drain_per_run_after_commit_and_none_before(
-    Session: sessionmaker[Session], broker_queue: str, redis_client: redis.Redis
+def kicked_runs(kicked: KickedRuns) -> list[str]:
+    return sorted(member.decode() for member in kicked.client.smembers(kicked.members))
+
+
+def test_a_kick_after_commit_adds_each_run_once_and_queues_one_drain_and_none_before(
+    Session: sessionmaker[Session],
+    outbox: runtime.Runtime,
+    broker_queue: str,
+    redis_client: redis.Redis,
 ) -> None:
     first, second = seed(Session, runs=2, events=0)
     with Session() as session, session.begin():
@@ -84,14 +96,80 @@ def test_a_kick_queues_one_drain_per_run_after_commit_and_none_before(
             append_event(session, run_id, "kicked", {}, kick=True)
         session.flush()
         assert queued_drains(redis_client, broker_queue) == []
+        assert kicked_runs(outbox.kicked) == []
 
-    assert queued_drains(redis_client, broker_queue) == [
-        ("outbox.drain_runs", sorted([str(first), str(second)]))
+    assert queued_drains(redis_client, broker_queue) == [("outbox.drain_kicked", [])]
+    assert kicked_runs(outbox.kicked) == sorted([str(first), str(second)])
+
+
+def test_kicks_coalesce_into_one_queued_drain_until_it_starts(
+    Session: sessionmaker[Session],
+    outbox: runtime.Runtime,
+    broker_queue: str,
+    redis_client: redis.Redis,
+) -> None:
+    runs = seed(Session, runs=3, events=0)
+    for run_id in runs:  # three producers' transactions, one after the other
+        append(Session, run_id, 2, kick=True)
+    assert queued_drains(redis_client, broker_queue) == [("outbox.drain_kicked", [])]
+
+    # A worker runs the queued drain (a direct call runs here): every kicked run is drained.
+    assert drain_kicked() == {"runs": 3, "published": 6, "statuses": {"drained": 3}}
+    for run_id in runs:
+        assert stream_seqs(redis_client, outbox.settings.stream_prefix, run_id) == [1, 2]
+    assert kicked_runs(outbox.kicked) == []
+    # It cleared the mark as it started, so the next kick queues the next drain.
+    append(Session, runs[0], 1, kick=True)
+    assert [task for task, _ in queued_drains(redis_client, broker_queue)] == [
+        "outbox.drain_kicked",
+        "outbox.drain_kicked",
     ]
 
 
+def test_a_kicked_drain_takes_bounded_groups_and_queues_a_successor_for_the_rest(
+    Session: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    broker_queue: str,
+) -> None:
+    small = dataclasses.replace(settings, group_size=2, max_batches=2)
+    current = runtime.configure(small, session_factory=Session, redis_client=redis_client)
+    runs = seed(Session, runs=5, events=1)
+    assert current.kicked.add(runs)  # as five kicks would
+
+    assert drain_kicked() == {"runs": 4, "published": 4, "statuses": {"drained": 4}}
+
+    assert len(kicked_runs(current.kicked)) == 1
+    assert queued_drains(redis_client, broker_queue) == [("outbox.drain_kicked", [])]
+    drain_kicked()
+    assert sum(len(stream_seqs(redis_client, small.stream_prefix, r)) for r in runs) == 5
+
+
+def test_a_kicked_drain_that_cannot_reach_the_sink_keeps_its_runs_and_retries(
+    Session: sessionmaker[Session], settings: Settings, redis_client: redis.Redis
+) -> None:
+    down = RedisStreamPublisher(unreachable_redis(), settings.stream_prefix)
+    current = runtime.configure(
+        settings, session_factory=Session, redis_client=redis_client, publisher=down
+    )
+    [run_id] = seed(Session, events=2)
+    assert current.kicked.add([run_id])
+
+    # Eager Celery raises the Retry instead of scheduling it.
+    with pytest.raises(Retry):
+        drain_kicked.delay()
+
+    assert kicked_runs(current.kicked) == [str(run_id)]
+    assert db_state(Session, run_id) == (1, 0, 2)
+    # The retry holds the mark: kicks meanwhile add their runs, and queue nothing more.
+    assert current.kicked.add([run_id]) is False
+
+
 def test_a_rolled_back_transaction_kicks_nothing(
-    Session: sessionmaker[Session], broker_queue: str, redis_client: redis.Redis
+    Session: sessionmaker[Session],
+    outbox: runtime.Runtime,
+    broker_queue: str,
+    redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=0)
     with Session() as session:
@@ -102,10 +180,12 @@ def test_a_rolled_back_transaction_kicks_nothing(
             append_event(session, run_id, "not kicked", {})
 
     assert queued_drains(redis_client, broker_queue) == []
+    assert kicked_runs(outbox.kicked) == []
 
 
 def test_kicks_are_off_in_the_harness_and_follow_the_environment_when_not_given(
     Session: sessionmaker[Session],
+    outbox: runtime.Runtime,
     broker_queue: str,
     redis_client: redis.Redis,
     monkeypatch: pytest.MonkeyPatch,
@@ -116,7 +196,8 @@ def test_kicks_are_off_in_the_harness_and_follow_the_environment_when_not_given(
 
     monkeypatch.setenv("OUTBOX_KICK_ON_COMMIT", "1")
     append(Session, kicked, 1)
-    assert queued_drains(redis_client, broker_queue) == [("outbox.drain_run", [str(kicked)])]
+    assert queued_drains(redis_client, broker_queue) == [("outbox.drain_kicked", [])]
+    assert kicked_runs(outbox.kicked) == [str(kicked)]
 
 
 def test_a_kick_drains_the_run_as_soon_as_the_producer_commits(
