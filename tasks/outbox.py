@@ -46,7 +46,8 @@ def kick(run_ids: Iterable[uuid.UUID]) -> None:
     """Have the runs whose producer just committed drained soon (``append_event(kick=True)``).
 
     The runs join the kicked set, and ``outbox.drain_kicked`` is queued unless one is queued
-    already: kicks coalesce, so a task per commit never floods the broker and the workers.
+    or running already: kicks coalesce, so a task per commit never floods the broker and the
+    workers.
     Never raises: the events are committed already, and beat's dispatch will drain them if
     the kick cannot be sent.
     """
@@ -149,15 +150,20 @@ def _group_report(results: list[drain.DrainResult]) -> dict[str, Any]:
 
 @app.task(name="outbox.drain_kicked", bind=True, max_retries=None)
 def drain_kicked(self: Task[Any, Any]) -> dict[str, Any]:
-    """Drain the runs producers kicked, a group at a time; returns what ``drain_runs`` does."""
+    """Drain the runs producers kicked, a group at a time; returns what ``drain_runs`` does.
+
+    It holds the kicked set's mark until the set is empty, so kicks meanwhile add to its work
+    instead of queueing more tasks; after ``max_batches`` groups a successor takes over.
+    """
     current = runtime.current()
     kicked, settings = current.kicked, current.settings
-    kicked.release()  # this drain has started: a kick from now on queues the next one
     results: list[drain.DrainResult] = []
     for _ in range(settings.max_batches):
         run_ids = kicked.take(settings.group_size)
         if not run_ids:
-            break
+            if kicked.finish():
+                return _group_report(results)
+            continue  # a kick came in between: its runs are in the set now
         try:
             group = drain.drain_outbox_for_runs(
                 run_ids,
@@ -170,20 +176,18 @@ def drain_kicked(self: Task[Any, Any]) -> dict[str, Any]:
             _retry_kicked(self, kicked, exc)
         _follow_up(group)
         results += group
-    else:  # bounded work per task: the runs still kicked go to the next drain
-        if kicked.claim():
-            _queue_kicked_drain(kicked)
+    _queue_kicked_drain(kicked)  # bounded work per task: a successor takes the mark over
     return _group_report(results)
 
 
 def _retry_kicked(task: Task[Any, Any], kicked: KickedRuns, exc: Exception) -> NoReturn:
-    """Retry ``outbox.drain_kicked`` with backoff, unless a drain of the set is queued already."""
+    """Retry ``outbox.drain_kicked`` with backoff, keeping the mark, or give the mark up."""
     retries = task.request.retries or 0
     if task.request.called_directly or retries + 1 >= runtime.current().settings.max_attempts:
-        raise exc  # the runs stay kicked: the next kick, or beat's dispatch, drains them
-    countdown = _backoff(retries)
-    if not kicked.claim(ttl=countdown + runtime.current().settings.queued_ttl):
+        kicked.release()  # the runs stay kicked: the next kick, or beat's dispatch, drains them
         raise exc
+    countdown = _backoff(retries)
+    kicked.hold(countdown + runtime.current().settings.queued_ttl)
     logger.warning("drain of kicked runs failed, retry in %ss: %s", countdown, exc)
     raise task.retry(exc=exc, countdown=countdown)
 

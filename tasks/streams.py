@@ -204,21 +204,31 @@ class QueuedDrains:
             self.client.delete(*(self._key(run_id) for run_id in run_ids))
 
 
-# KEYS: the kicked set, its queued-drain mark; ARGV: the mark's TTL, then the run ids.
-# Returns 1 when this call set the mark (no drain of the set was queued).
+# KEYS: the kicked set, its drain's mark; ARGV: the mark's TTL, then the run ids. Returns 1
+# when this call set the mark: no drain of the set was queued or running.
 _KICK_LUA = """
 redis.call('SADD', KEYS[1], unpack(ARGV, 2))
 return redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[1]) and 1 or 0
 """
 
+# KEYS: the kicked set, its drain's mark. Clears the mark only if no run is waiting; atomic
+# with _KICK_LUA, so a kick lands either before (the drain goes on) or after (it queues anew).
+_FINISH_LUA = """
+if redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
+
 
 class KickedRuns:
-    """Runs whose producers kicked a drain, waiting for the one queued ``outbox.drain_kicked``.
+    """Runs whose producers kicked a drain, and the mark of the one drain working on them.
 
-    Kicks coalesce: each adds its runs to one set, and only a kick that finds no drain of the
-    set queued (a single mark, SET NX) queues one. That drain clears the mark as it starts, so
-    a kick after that point queues the next, and takes the runs off the set in groups. However
-    fast producers commit, the broker carries a few tasks, not one per commit.
+    Kicks coalesce: each adds its runs to one set, and only a kick that finds the mark clear
+    (SET NX) queues ``outbox.drain_kicked``. That drain holds the mark while it takes runs off
+    the set in groups, and clears it only once the set is empty. However fast producers
+    commit, one task at a time drains the kicked runs, in groups that grow with the load.
     """
 
     def __init__(self, client: redis.Redis, prefix: str, ttl: int) -> None:
@@ -228,30 +238,31 @@ class KickedRuns:
         self.ttl = ttl
         # One command per kick: this runs after every producer's commit.
         self._add = client.register_script(_KICK_LUA)
+        self._finish = client.register_script(_FINISH_LUA)
 
     def add(self, run_ids: Sequence[uuid.UUID]) -> bool:
-        """Add ``run_ids``; return True if no drain was queued: the caller must queue one.
-
-        The runs go in before the mark is tested: a drain that started (and cleared the mark)
-        before this call either takes them, or leaves the mark clear for this caller.
-        """
+        """Add ``run_ids``; return True if no drain holds the mark: the caller queues one."""
         keys = (self.members, self.mark)
         return bool(self._add(keys=keys, args=[self.ttl, *(str(r) for r in run_ids)]))
-
-    def claim(self, *, ttl: int | None = None) -> bool:
-        """Set the mark for a drain about to be queued; False if one is queued already."""
-        return bool(self.client.set(self.mark, 1, nx=True, ex=ttl or self.ttl))
-
-    def release(self) -> None:
-        """Clear the mark: the queued drain has started (or could not be queued)."""
-        self.client.delete(self.mark)
 
     def take(self, count: int) -> list[uuid.UUID]:
         """Remove and return up to ``count`` kicked runs."""
         members: Any = self.client.spop(self.members, count)
         return [uuid.UUID(member.decode()) for member in members or ()]
 
+    def finish(self) -> bool:
+        """Clear the mark if no run is waiting, and return True; False: take more first."""
+        return bool(self._finish(keys=(self.members, self.mark)))
+
     def put_back(self, run_ids: Sequence[uuid.UUID]) -> None:
         """Return runs taken by a drain that failed, for the next drain of the set."""
         if run_ids:
             self.client.sadd(self.members, *(str(run_id) for run_id in run_ids))
+
+    def hold(self, ttl: int) -> None:
+        """Keep the mark for ``ttl`` seconds more: a retry of the drain is on its way."""
+        self.client.set(self.mark, 1, ex=ttl)
+
+    def release(self) -> None:
+        """Clear the mark: the drain could not be queued, or gave up; the next kick queues one."""
+        self.client.delete(self.mark)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import uuid
 
 import pytest
 import redis
@@ -102,7 +103,7 @@ def test_a_kick_after_commit_adds_each_run_once_and_queues_one_drain_and_none_be
     assert kicked_runs(outbox.kicked) == sorted([str(first), str(second)])
 
 
-def test_kicks_coalesce_into_one_queued_drain_until_it_starts(
+def test_kicks_coalesce_into_one_queued_drain_until_it_has_drained_them_all(
     Session: sessionmaker[Session],
     outbox: runtime.Runtime,
     broker_queue: str,
@@ -118,12 +119,27 @@ def test_kicks_coalesce_into_one_queued_drain_until_it_starts(
     for run_id in runs:
         assert stream_seqs(redis_client, outbox.settings.stream_prefix, run_id) == [1, 2]
     assert kicked_runs(outbox.kicked) == []
-    # It cleared the mark as it started, so the next kick queues the next drain.
+    # It cleared the mark when the set was empty, so the next kick queues the next drain.
     append(Session, runs[0], 1, kick=True)
     assert [task for task, _ in queued_drains(redis_client, broker_queue)] == [
         "outbox.drain_kicked",
         "outbox.drain_kicked",
     ]
+
+
+def test_a_kick_while_the_kicked_drain_runs_joins_its_work_and_queues_nothing(
+    outbox: runtime.Runtime,
+) -> None:
+    kicked = outbox.kicked
+    first, second = uuid.uuid4(), uuid.uuid4()
+    assert kicked.add([first])  # the mark was clear: this kick queues the drain
+    assert kicked.take(50) == [first]  # the drain is running
+
+    assert not kicked.add([second])  # a producer commits meanwhile: no second task
+    assert not kicked.finish()  # so the drain may not stop yet
+    assert kicked.take(50) == [second]
+    assert kicked.finish()  # now the set is empty and the mark clear
+    assert kicked.add([first])  # the next kick queues a drain again
 
 
 def test_a_kicked_drain_takes_bounded_groups_and_queues_a_successor_for_the_rest(
