@@ -237,6 +237,7 @@ def drain_outbox_for_runs(
     session_factory: SessionFactory | None = None,
     publisher: Publisher | None = None,
     settings: Settings | None = None,
+    check_again: bool = True,
 ) -> list[DrainResult]:
     """Drain several runs together now, in this process; one result per run, in order.
 
@@ -244,6 +245,11 @@ def drain_outbox_for_runs(
     draining, for up to ``settings.max_batches`` transactions; runs left over are ``more``.
     A run whose entries the sink refused comes back ``more`` with its ``error`` (or
     ``stalled`` once parked); the other runs go on.
+
+    After a short batch a run is usually drained, but a producer may have committed while
+    this drain held it, and its kick found the run ``locked``: with ``check_again``, each such
+    run is looked at once more, without locks, after the commit. (The kicked drain does not
+    need to: a kick during its hold puts the run back in the set it drains.)
 
     Raises
     ------
@@ -275,9 +281,7 @@ def drain_outbox_for_runs(
                 todo.append(rid)
             else:
                 short[rid] = outcome.next_seq
-        # A short batch usually means done, but a producer may have committed while the run
-        # was locked (its kick then found it "locked"): look once more, without locks.
-        more = runs_with_more(session_factory, short)
+        more = runs_with_more(session_factory, short) if check_again else set()
         for rid in short:
             if rid in more:
                 todo.append(rid)

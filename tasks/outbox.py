@@ -170,6 +170,7 @@ def drain_kicked(self: Task[Any, Any]) -> dict[str, Any]:
                 session_factory=current.session_factory,
                 publisher=current.publisher,
                 settings=settings,
+                check_again=False,  # a kick while this drain held a run put it back in the set
             )
         except RETRYABLE as exc:
             kicked.put_back(run_ids)
