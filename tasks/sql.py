@@ -120,8 +120,11 @@ _FIND_PENDING = """
         WHERE p.run_id IS NOT NULL
     )
     SELECT p.run_id FROM pending AS p
-    JOIN run_outbox AS o ON o.run_id = p.run_id
-    WHERE o.status = 'active'
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM run_outbox AS o
+        WHERE o.run_id = p.run_id AND o.status = 'active'
+        LIMIT 1
+    ) AS active
     LIMIT :limit
 """
 FIND_PENDING = text(_FIND_PENDING.format(start=""))

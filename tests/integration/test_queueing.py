@@ -253,3 +253,32 @@ def test_dispatch_finds_pending_runs_through_the_partial_index(
         session.execute(text("SET LOCAL enable_seqscan = off"))
         plan = session.execute(text(f"EXPLAIN {sql.FIND_PENDING.text}"), {"limit": 10})
         assert "ix_run_events_pending" in "\n".join(plan.scalars())
+
+
+def test_finding_pending_runs_reads_no_table_that_grows_with_finished_runs(
+    Session: sessionmaker[Session], settings: Settings
+) -> None:
+    seed(Session, runs=3, events=2)
+    with Session() as session, session.begin():  # 5,000 runs whose events are all published
+        session.execute(
+            text(
+                "INSERT INTO runs (id, last_seq) SELECT gen_random_uuid(), 1"
+                " FROM generate_series(1, 5000)"
+            )
+        )
+        session.execute(
+            text(
+                "INSERT INTO run_outbox (run_id, next_seq) SELECT id, 2 FROM runs"
+                " WHERE id NOT IN (SELECT run_id FROM run_outbox)"
+            )
+        )
+        session.execute(text("ANALYZE runs, run_outbox, run_events"))
+    with Session() as session:
+        plan = "\n".join(
+            session.execute(
+                text(f"EXPLAIN {sql.FIND_PENDING.text}"), {"limit": settings.dispatch_limit}
+            ).scalars()
+        )
+    # One primary key probe per pending run, not a scan of every run's cursor.
+    assert "Seq Scan on run_outbox" not in plan, plan
+    assert "Index Scan using pk_run_outbox" in plan, plan
