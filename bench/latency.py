@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 KICK = "kick"
 BEAT = "beat"
+# The kick once more at a quarter of the rate: at the full rate the producers and PostgreSQL
+# alone take most of 2 cores, and the kick's target asks for a machine that is not saturated.
+KICK_LIGHT = "kick-light"
+LIGHT_SHARE = 0.25
 PRODUCER_PROCESSES = 2
 THREADS_PER_PRODUCER = 4
 _PAD = "x" * 150  # payloads of ~200 bytes as JSON, like the throughput workloads'
@@ -250,7 +254,7 @@ def consumer_main(
 
 
 def run(bench: Bench) -> dict[str, Any]:
-    """Both modes, one after the other, each with a fresh worker and beat."""
+    """Each mode, one after the other, each with a fresh worker and beat."""
     out: dict[str, Any] = {
         "runs": bench.sizes.latency_runs,
         "rate": bench.sizes.latency_rate,
@@ -259,8 +263,8 @@ def run(bench: Bench) -> dict[str, Any]:
         "modes": {},
     }
     samples: dict[str, list[float]] = {}
-    for mode in (KICK, BEAT):
-        if mode == KICK and not kick_supported():
+    for mode in (KICK, BEAT, KICK_LIGHT):
+        if mode != BEAT and not kick_supported():
             logger.warning("latency %s: append_event has no kick parameter; skipped", mode)
             out["modes"][mode] = {"skipped": "append_event has no kick parameter"}
             continue
@@ -274,7 +278,8 @@ def run(bench: Bench) -> dict[str, Any]:
 def _run_mode(bench: Bench, mode: str) -> tuple[dict[str, Any], list[float]]:
     env, conn, client, sizes = bench.env, bench.conn, bench.redis, bench.sizes
     run_ids = seed.make_run_ids(sizes.latency_runs, "latency")
-    total = int(sizes.latency_rate * sizes.latency_seconds)
+    rate = sizes.latency_rate * (LIGHT_SHARE if mode == KICK_LIGHT else 1.0)
+    total = int(rate * sizes.latency_seconds)
     strands = PRODUCER_PROCESSES * THREADS_PER_PRODUCER
     ctx = mp.get_context("spawn")
     ready: mp.Queue[int] = ctx.Queue()
@@ -301,7 +306,7 @@ def _run_mode(bench: Bench, mode: str) -> tuple[dict[str, Any], list[float]]:
             )
         )
         for index in range(PRODUCER_PROCESSES):
-            spec = ProducerSpec(index, run_ids, sizes.latency_rate, total, strands, mode == KICK)
+            spec = ProducerSpec(index, run_ids, rate, total, strands, kick=mode != BEAT)
             procs.append(
                 ctx.Process(
                     target=producer_main,
@@ -314,7 +319,7 @@ def _run_mode(bench: Bench, mode: str) -> tuple[dict[str, Any], list[float]]:
         _wait_ready(ready, len(procs), procs, worker, beat)
         # The warm-up events must be out of the way before the clock starts.
         measure.wait_published(conn, timeout=60, tick=lambda _e: _alive(worker, beat))
-        logger.info("latency %s: producing %d events at %.0f/s", mode, total, sizes.latency_rate)
+        logger.info("latency %s: producing %d events at %.0f/s", mode, total, rate)
         start_at.value = time.monotonic() + 0.2
         split = measure.CpuSplit(conn, bench.redis_pid, [*measure.tree(worker.pid), beat.pid])
         go.set()
@@ -354,7 +359,7 @@ def _run_mode(bench: Bench, mode: str) -> tuple[dict[str, Any], list[float]]:
     result = {
         "events": produced,
         "skipped_events": total - produced,  # due after the window closed: producers fell behind
-        "target_rate": sizes.latency_rate,
+        "target_rate": rate,
         "achieved_rate": round(produced / produced_in, 1),
         "p50_ms": round(1000 * measure.percentile(consumed, 50), 1),
         "p99_ms": round(1000 * measure.percentile(consumed, 99), 1),

@@ -19,6 +19,12 @@ LABELS = {
     relays.PER_ROW: "per-row relay",
 }
 DISPATCH_INTERVAL_MS = 1000.0
+SATURATED_IDLE_PCT = 10  # a latency run with less idle CPU than this had a saturated machine
+
+
+def saturated(mode: dict[str, Any]) -> bool:
+    """Whether the machine was saturated during a latency mode's run."""
+    return bool(mode["cpu_idle_pct"] < SATURATED_IDLE_PCT)
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -35,9 +41,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         out.append(_target("wide", "e2e >= 0.50x deep e2e", value, value >= 0.50, "x"))
     modes = results.get("latency", {}).get("modes", {})
-    if "p99_ms" in modes.get("kick", {}):
-        value = modes["kick"]["p99_ms"]
-        out.append(_target("latency", "kick p99 <= 50 ms", value, value <= 50, " ms"))
+    # The kick's target holds "with the machine not saturated": judged on the fastest kick run
+    # that left the machine some idle time (or, if none did, on the full-rate one: a miss).
+    kicks = [mode for mode in ("kick", "kick-light") if "p99_ms" in modes.get(mode, {})]
+    calm = [mode for mode in kicks if not saturated(modes[mode])]
+    for mode in calm[:1] or kicks[:1]:
+        value = modes[mode]["p99_ms"]
+        ok = value <= 50 and mode in calm
+        out.append(_target("latency", f"{mode} p99 <= 50 ms, not saturated", value, ok, " ms"))
     if "p99_ms" in modes.get("beat", {}):
         value = modes["beat"]["p99_ms"]
         limit = DISPATCH_INTERVAL_MS + 50
@@ -110,8 +121,9 @@ def table(results: dict[str, Any], judged: list[dict[str, Any]]) -> str:
                 text = f"{mode}: skipped ({r['skipped']})"
             else:
                 text = (
-                    f"{mode}: p50 {r['p50_ms']:,.1f} ms, p99 {r['p99_ms']:,.1f} ms, "
-                    f"max {r['max_ms']:,.1f} ms"
+                    f"{mode} at {r['target_rate']:,.0f}/s: p50 {r['p50_ms']:,.1f} ms, "
+                    f"p99 {r['p99_ms']:,.1f} ms, max {r['max_ms']:,.1f} ms"
+                    + (", saturated" if saturated(r) else "")
                 )
             workload = "latency" if index == 0 else ""
             rows.append((workload, text, "", "", "", "", *judged_cells("latency", mode)))
@@ -200,7 +212,7 @@ def notes(results: dict[str, Any], descriptions: dict[str, str]) -> str:
                 f"{r['cores_workers']:.2f}, postgres {r['cores_postgres']:.2f}, redis "
                 f"{r['cores_redis']:.2f}, consumer {r['cores_consumer']:.2f}, whole machine "
                 f"{r['cores_machine']:.2f} of {meta['machine']['cpus']}"
-                + (" (saturated)" if r["cpu_idle_pct"] < 10 else "")
+                + (" (saturated)" if saturated(r) else "")
             )
     history = results.get("history")
     if history:
