@@ -157,6 +157,9 @@ def drain_kicked(self: Task[Any, Any]) -> dict[str, Any]:
     """
     current = runtime.current()
     kicked, settings = current.kicked, current.settings
+    # The mark was set when this task was queued; a chain of successors under steady load
+    # must not outlive it, or kicks would start a second chain.
+    kicked.hold(settings.queued_ttl)
     results: list[drain.DrainResult] = []
     for _ in range(settings.max_batches):
         run_ids = kicked.take(settings.group_size)

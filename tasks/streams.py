@@ -210,6 +210,7 @@ _KICK_LUA = """
 redis.call('SADD', KEYS[1], unpack(ARGV, 2))
 return redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[1]) and 1 or 0
 """
+_KICK_CHUNK = 1000
 
 # KEYS: the kicked set, its drain's mark. Clears the mark only if no run is waiting; atomic
 # with _KICK_LUA, so a kick lands either before (the drain goes on) or after (it queues anew).
@@ -243,7 +244,13 @@ class KickedRuns:
     def add(self, run_ids: Sequence[uuid.UUID]) -> bool:
         """Add ``run_ids``; return True if no drain holds the mark: the caller queues one."""
         keys = (self.members, self.mark)
-        return bool(self._add(keys=keys, args=[self.ttl, *(str(r) for r in run_ids)]))
+        ids = [str(run_id) for run_id in run_ids]
+        # Lua's unpack() takes a few thousand values at most: a huge transaction goes in parts,
+        # every part added whichever of them set the mark.
+        queue = False
+        for start in range(0, len(ids), _KICK_CHUNK):
+            queue |= bool(self._add(keys=keys, args=[self.ttl, *ids[start : start + _KICK_CHUNK]]))
+        return queue
 
     def take(self, count: int) -> list[uuid.UUID]:
         """Remove and return up to ``count`` kicked runs."""
@@ -260,7 +267,7 @@ class KickedRuns:
             self.client.sadd(self.members, *(str(run_id) for run_id in run_ids))
 
     def hold(self, ttl: int) -> None:
-        """Keep the mark for ``ttl`` seconds more: a retry of the drain is on its way."""
+        """Set the mark for ``ttl`` seconds: a drain is running, or its retry is on its way."""
         self.client.set(self.mark, 1, ex=ttl)
 
     def release(self) -> None:

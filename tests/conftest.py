@@ -128,4 +128,4 @@ def broker_queue(
     )
     yield name
     app.conf.update(task_always_eager=True, task_default_queue=saved[0], broker_url=saved[1])
-    redis_client.delete(f"_kombu.binding.{name}")
+    redis_client.delete(f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")

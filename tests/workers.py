@@ -116,5 +116,5 @@ def celery_processes(
         yield processes
     finally:
         processes.stop()
-        redis_client.delete(f"_kombu.binding.{queue}")
+        redis_client.delete(f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
         services.delete_keys(redis_client, f"{key_space}*")

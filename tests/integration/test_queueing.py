@@ -142,6 +142,17 @@ def test_a_kick_while_the_kicked_drain_runs_joins_its_work_and_queues_nothing(
     assert kicked.add([first])  # the next kick queues a drain again
 
 
+def test_one_transaction_may_kick_more_runs_than_one_script_call_takes(
+    outbox: runtime.Runtime,
+) -> None:
+    runs = [uuid.uuid4() for _ in range(10_000)]  # Lua's unpack() stops near 8,000 values
+
+    assert outbox.kicked.add(runs)
+
+    assert len(kicked_runs(outbox.kicked)) == 10_000
+    assert not outbox.kicked.add(runs[:1])
+
+
 def test_a_kicked_drain_takes_bounded_groups_and_queues_a_successor_for_the_rest(
     Session: sessionmaker[Session],
     settings: Settings,
