@@ -197,7 +197,8 @@ def notes(results: dict[str, Any], descriptions: dict[str, str]) -> str:
         lines.append(
             f"Latency: {latency['runs']} runs, producers {latency['producers']}, one event per "
             "transaction via append_event; worker + beat (dispatch every 1 s); the stamp is taken "
-            "just before append_event, so latency includes the producer's INSERT and COMMIT."
+            "just before append_event, so latency includes the producer's INSERT and COMMIT; "
+            f"consumers {latency.get('consumers', '1 process')}."
         )
         for mode, r in latency["modes"].items():
             if "skipped" in r:

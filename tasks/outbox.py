@@ -153,7 +153,9 @@ def drain_kicked(self: Task[Any, Any]) -> dict[str, Any]:
     """Drain the runs producers kicked, a group at a time; returns what ``drain_runs`` does.
 
     It holds the kicked set's mark until the set is empty, so kicks meanwhile add to its work
-    instead of queueing more tasks; after ``max_batches`` groups a successor takes over.
+    instead of queueing more tasks. With the set empty it waits up to ``kick_linger`` seconds
+    for another kick before it ends: under a steady trickle of commits one task keeps going,
+    rather than one task per commit. After ``max_batches`` groups a successor takes over.
     """
     current = runtime.current()
     kicked, settings = current.kicked, current.settings
@@ -161,12 +163,13 @@ def drain_kicked(self: Task[Any, Any]) -> dict[str, Any]:
     # must not outlive it, or kicks would start a second chain.
     kicked.hold(settings.queued_ttl)
     results: list[drain.DrainResult] = []
-    for _ in range(settings.max_batches):
+    groups = 0
+    while groups < settings.max_batches:
         run_ids = kicked.take(settings.group_size)
         if not run_ids:
-            if kicked.finish():
-                return _group_report(results)
-            continue  # a kick came in between: its runs are in the set now
+            if kicked.wait(settings.kick_linger) or not kicked.finish():
+                continue  # a kick came: its runs are in the set now
+            return _group_report(results)
         try:
             group = drain.drain_outbox_for_runs(
                 run_ids,
@@ -180,6 +183,7 @@ def drain_kicked(self: Task[Any, Any]) -> dict[str, Any]:
             _retry_kicked(self, kicked, exc)
         _follow_up(group)
         results += group
+        groups += 1
     _queue_kicked_drain(kicked)  # bounded work per task: a successor takes the mark over
     return _group_report(results)
 

@@ -10,6 +10,7 @@ from sqlalchemy import URL
 
 from models.db import database_url
 from models.env import positive_float, positive_int
+from models.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STREAM_PREFIX = "outbox:run:"
@@ -31,7 +32,16 @@ class Settings:
     group_size: int = 50
     dispatch_limit: int = 10_000
     queued_ttl: int = 300
+    kick_linger: float = 0.05
     redis_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        # The kicked drain's wait is a blocking Redis call: the socket must outlast it.
+        if self.kick_linger >= self.redis_timeout:
+            raise ConfigError(
+                f"OUTBOX_KICK_LINGER ({self.kick_linger}s) must be shorter than "
+                f"OUTBOX_REDIS_TIMEOUT ({self.redis_timeout}s)"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -49,5 +59,6 @@ class Settings:
             group_size=positive_int(env, "OUTBOX_GROUP_SIZE", cls.group_size),
             dispatch_limit=positive_int(env, "OUTBOX_DISPATCH_LIMIT", cls.dispatch_limit),
             queued_ttl=positive_int(env, "OUTBOX_QUEUED_TTL", cls.queued_ttl),
+            kick_linger=positive_float(env, "OUTBOX_KICK_LINGER", cls.kick_linger),
             redis_timeout=positive_float(env, "OUTBOX_REDIS_TIMEOUT", cls.redis_timeout),
         )

@@ -204,19 +204,27 @@ class QueuedDrains:
             self.client.delete(*(self._key(run_id) for run_id in run_ids))
 
 
-# KEYS: the kicked set, its drain's mark; ARGV: the mark's TTL, then the run ids. Returns 1
-# when this call set the mark: no drain of the set was queued or running.
+# KEYS: the kicked set, its drain's mark, the drain's wake-up list; ARGV: the mark's TTL, then
+# the run ids. Returns 1 when this call set the mark: no drain of the set was queued or
+# running. Otherwise it wakes the drain, which may be waiting for more kicks.
 _KICK_LUA = """
 redis.call('SADD', KEYS[1], unpack(ARGV, 2))
-return redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[1]) and 1 or 0
+if redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[1]) then
+  return 1
+end
+redis.call('LPUSH', KEYS[3], 1)
+redis.call('LTRIM', KEYS[3], 0, 0)
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+return 0
 """
 _KICK_CHUNK = 1000
 
-# KEYS: the kicked set, its drain's mark. Clears the mark only if no run is waiting; atomic
-# with _KICK_LUA, so a kick lands either before (the drain goes on) or after (it queues anew).
+# KEYS: the kicked set, its drain's mark, the wake-up list. Clears the mark only if no run is
+# waiting; atomic with _KICK_LUA, so a kick lands either before (the drain goes on) or after
+# (it queues a new drain).
 _FINISH_LUA = """
 if redis.call('SCARD', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
   return 1
 end
 return 0
@@ -230,12 +238,15 @@ class KickedRuns:
     (SET NX) queues ``outbox.drain_kicked``. That drain holds the mark while it takes runs off
     the set in groups, and clears it only once the set is empty. However fast producers
     commit, one task at a time drains the kicked runs, in groups that grow with the load.
+    The other kicks wake the drain up (a one-entry list it blocks on), so when the set is
+    empty it can wait a moment for more instead of ending, and the next commit costs no task.
     """
 
     def __init__(self, client: redis.Redis, prefix: str, ttl: int) -> None:
         self.client = client
         self.members = f"{prefix}kicked"
         self.mark = f"{prefix}kicked:queued"
+        self.wake = f"{prefix}kicked:wake"
         self.ttl = ttl
         # One command per kick: this runs after every producer's commit.
         self._add = client.register_script(_KICK_LUA)
@@ -243,7 +254,7 @@ class KickedRuns:
 
     def add(self, run_ids: Sequence[uuid.UUID]) -> bool:
         """Add ``run_ids``; return True if no drain holds the mark: the caller queues one."""
-        keys = (self.members, self.mark)
+        keys = (self.members, self.mark, self.wake)
         ids = [str(run_id) for run_id in run_ids]
         # Lua's unpack() takes a few thousand values at most: a huge transaction goes in parts,
         # every part added whichever of them set the mark.
@@ -257,9 +268,13 @@ class KickedRuns:
         members: Any = self.client.spop(self.members, count)
         return [uuid.UUID(member.decode()) for member in members or ()]
 
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a kick; return True if one came."""
+        return self.client.blpop([self.wake], timeout=timeout) is not None
+
     def finish(self) -> bool:
         """Clear the mark if no run is waiting, and return True; False: take more first."""
-        return bool(self._finish(keys=(self.members, self.mark)))
+        return bool(self._finish(keys=(self.members, self.mark, self.wake)))
 
     def put_back(self, run_ids: Sequence[uuid.UUID]) -> None:
         """Return runs taken by a drain that failed, for the next drain of the set."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import dataclasses
 import json
 import uuid
@@ -17,7 +18,7 @@ from models import append_event
 from tasks import dispatch, drain_kicked, drain_run, runtime, sql
 from tasks.settings import Settings
 from tasks.streams import KickedRuns, RedisStreamPublisher
-from tests.helpers import append, db_state, seed, stream_seqs, unreachable_redis
+from tests.helpers import append, db_state, seed, stream_seqs, unreachable_redis, wait_until
 
 
 def queued_drains(client: redis.Redis, queue: str) -> list[tuple[str, list[str]]]:
@@ -135,11 +136,40 @@ def test_a_kick_while_the_kicked_drain_runs_joins_its_work_and_queues_nothing(
     assert kicked.add([first])  # the mark was clear: this kick queues the drain
     assert kicked.take(50) == [first]  # the drain is running
 
-    assert not kicked.add([second])  # a producer commits meanwhile: no second task
-    assert not kicked.finish()  # so the drain may not stop yet
+    assert not kicked.add([second])  # a producer commits meanwhile: no second task,
+    assert kicked.wait(5)  # but the running drain is woken (it may be waiting for more)
+    assert not kicked.finish()  # and may not stop yet
     assert kicked.take(50) == [second]
+    assert not kicked.wait(0.01)  # nobody kicked since
     assert kicked.finish()  # now the set is empty and the mark clear
     assert kicked.add([first])  # the next kick queues a drain again
+
+
+def test_a_kicked_drain_waiting_for_more_takes_the_next_kick_without_a_new_task(
+    Session: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    broker_queue: str,
+) -> None:
+    lingering = dataclasses.replace(settings, kick_linger=2.0)
+    runtime.configure(lingering, session_factory=Session, redis_client=redis_client)
+    first, second = seed(Session, runs=2, events=0)
+    append(Session, first, 1, kick=True)
+    assert queued_drains(redis_client, broker_queue) == [("outbox.drain_kicked", [])]
+
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:  # a worker runs the queued drain
+        running = worker.submit(drain_kicked)
+        wait_until(
+            lambda: stream_seqs(redis_client, settings.stream_prefix, first) == [1],
+            30,
+            "the first kicked run to be drained",
+        )
+        append(Session, second, 1, kick=True)  # while the drain waits for more
+        report = running.result(timeout=60)
+
+    assert report == {"runs": 2, "published": 2, "statuses": {"drained": 2}}
+    assert stream_seqs(redis_client, settings.stream_prefix, second) == [1]
+    assert queued_drains(redis_client, broker_queue) == [("outbox.drain_kicked", [])]
 
 
 def test_one_transaction_may_kick_more_runs_than_one_script_call_takes(

@@ -44,7 +44,13 @@ def test_settings_are_read_from_the_environment() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("OUTBOX_BATCH_SIZE", "0"), ("OUTBOX_BATCH_SIZE", "ten"), ("OUTBOX_MAX_ATTEMPTS", "-1")],
+    [
+        ("OUTBOX_BATCH_SIZE", "0"),
+        ("OUTBOX_BATCH_SIZE", "ten"),
+        ("OUTBOX_MAX_ATTEMPTS", "-1"),
+        ("OUTBOX_KICK_LINGER", "0"),
+        ("OUTBOX_KICK_LINGER", "5"),  # the drain's blocking wait must end before the socket's
+    ],
 )
 def test_invalid_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
