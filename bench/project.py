@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psycopg
 import redis
+from sqlalchemy import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 import tasks
@@ -190,9 +191,14 @@ class InProcess:
     settings: Settings
 
     @classmethod
-    def build(cls) -> InProcess:
-        """Build them from this process's environment (the bench's, see env.export)."""
+    def build(cls, database_url: URL | None = None) -> InProcess:
+        """Build them from this process's environment (the bench's, see env.export).
+
+        With ``database_url``, against that database instead of the environment's.
+        """
         settings = Settings.from_env()
+        if database_url is not None:
+            settings = dataclasses.replace(settings, database_url=database_url)
         client = streams.connect(settings.redis_url, timeout=settings.redis_timeout)
         return cls(
             session_factory=sessionmaker(
