@@ -97,7 +97,7 @@ def run(bench: Bench) -> dict[str, Any]:
         )
         for state in states:
             seed.settle(state.conn)
-        measure.wait_quiet(15, patience=60)
+        measure.wait_quiet()
         for rep in range(WARM_UPS + sizes.history_reps):
             # By turns, and in alternating order, so neither side is always first.
             for state in states if rep % 2 == 0 else reversed(states):

@@ -86,25 +86,6 @@ class ProducerReport:
     error: str | None = None
 
 
-def _strand(
-    spec: ProducerSpec,
-    parent: int,
-    strand: int,
-    warmed: threading.Barrier,
-    go: mp_sync.Event,
-    start_at: Any,
-    report: ProducerReport,
-    lock: threading.Lock,
-) -> None:
-    try:
-        _produce(spec, parent, strand, warmed, go, start_at, report, lock)
-    except Exception:
-        with lock:
-            report.error = report.error or traceback.format_exc()
-        warmed.abort()  # the other threads and the process stop waiting for this one
-        raise
-
-
 def _produce(
     spec: ProducerSpec,
     parent: int,
@@ -170,21 +151,18 @@ def producer_main(
         per_process = spec.strands // PRODUCER_PROCESSES
         warmed = threading.Barrier(per_process + 1, timeout=120)
         lock = threading.Lock()
+
+        def strand(n: int) -> None:
+            try:
+                _produce(spec, parent, n, warmed, go, start_at, report, lock)
+            except Exception:
+                with lock:
+                    report.error = report.error or traceback.format_exc()
+                warmed.abort()  # the other threads and the process stop waiting for this one
+                raise
+
         threads = [
-            threading.Thread(
-                target=_strand,
-                args=(
-                    spec,
-                    parent,
-                    spec.index * per_process + n,
-                    warmed,
-                    go,
-                    start_at,
-                    report,
-                    lock,
-                ),
-                daemon=True,
-            )
+            threading.Thread(target=strand, args=(spec.index * per_process + n,), daemon=True)
             for n in range(per_process)
         ]
         for thread in threads:

@@ -62,7 +62,12 @@ def idle_for(seconds: float) -> float:
     return CpuTimes.now().idle_since(before)
 
 
-def wait_quiet(busy_pct: float, patience: float, sample: float = 0.5) -> tuple[float, float]:
+QUIET_BUSY_PCT = 15  # before timing, wait (up to a minute) until the machine is this idle
+
+
+def wait_quiet(
+    busy_pct: float = QUIET_BUSY_PCT, patience: float = 60, sample: float = 0.5
+) -> tuple[float, float]:
     """Wait up to ``patience`` s for the machine to be under ``busy_pct`` % busy.
 
     Returns (the last busy percentage seen, seconds waited).

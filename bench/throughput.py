@@ -30,7 +30,6 @@ IMPLEMENTATIONS = (E2E, IN_PROCESS, relays.IDEAL, relays.PER_ROW)
 # implementation: it is repeated, up to RETRIES times, and the discarded ones are reported.
 FOREIGN_CORES = 0.25
 RETRIES = 2
-QUIET_BUSY_PCT = 15  # before each repetition, wait (up to a minute) until the machine is this idle
 
 
 def describe(workers: int) -> dict[str, str]:
@@ -105,8 +104,8 @@ def _repetition(
     total = seed.reseed(conn, client, env, run_ids, events_per_run)
     logger.info("%s: seeded %d events in %.1fs", label, total, time.monotonic() - seeded)
     # Another program's burst of work would be measured too: give it a minute to pass.
-    busy, waited = measure.wait_quiet(QUIET_BUSY_PCT, patience=60)
-    if busy > QUIET_BUSY_PCT:
+    busy, waited = measure.wait_quiet()
+    if busy > measure.QUIET_BUSY_PCT:
         logger.warning("%s: the machine is still %.0f%% busy after %.0fs", label, busy, waited)
     elif waited >= 1:
         logger.info("%s: waited %.0fs for the machine to be quiet", label, waited)
