@@ -158,7 +158,7 @@ def _repetition(
         in_process.settings,
         session_factory=in_process.session_factory,
         redis_client=in_process.publisher.client,
-        publisher=in_process.publisher,
+        sink=in_process.publisher,
     )
     start = time.perf_counter()
     result = tasks.app.tasks["outbox.dispatch"]()
@@ -172,7 +172,7 @@ def _repetition(
     start = time.perf_counter()
     drained = tasks.drain_outbox_once(
         session_factory=in_process.session_factory,
-        publisher=in_process.publisher,
+        sink=in_process.publisher,
         settings=in_process.settings,
     )
     drain_s = time.perf_counter() - start

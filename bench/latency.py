@@ -100,6 +100,9 @@ def _produce(
 
     from models import append_event
     from models.db import session_factory
+    from tasks import outbox
+
+    outbox.kick  # noqa: B018 - importing it registers the kicker, as a kicking producer does
 
     factory = session_factory()
     runs = spec.run_ids

@@ -32,7 +32,7 @@ import tasks
 from bench import env as bench_env
 from bench import measure, seed
 from models.db import make_engine
-from tasks import streams
+from tasks import redis_sink
 from tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class InProcess:
     """The drain's explicit collaborators, built from the same environment as the workers'."""
 
     session_factory: sessionmaker[Session]
-    publisher: streams.RedisStreamPublisher
+    publisher: redis_sink.RedisStreamSink
     settings: Settings
 
     @classmethod
@@ -199,12 +199,12 @@ class InProcess:
         settings = Settings.from_env()
         if database_url is not None:
             settings = dataclasses.replace(settings, database_url=database_url)
-        client = streams.connect(settings.redis_url, timeout=settings.redis_timeout)
+        client = redis_sink.connect(settings.redis_url, timeout=settings.redis_timeout)
         return cls(
             session_factory=sessionmaker(
                 make_engine(settings.database_url), expire_on_commit=False
             ),
-            publisher=streams.RedisStreamPublisher(client, settings.stream_prefix),
+            publisher=redis_sink.RedisStreamSink(client, settings.stream_prefix),
             settings=settings,
         )
 

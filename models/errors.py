@@ -32,3 +32,12 @@ class PayloadTooLarge(InvalidPayload):
 
 class ConfigError(OutboxError):
     """Configuration is invalid."""
+
+
+def preview(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: errors never echo a huge input."""
+    if isinstance(value, (bytes, str)) and len(value) > limit:
+        unit = "bytes" if isinstance(value, bytes) else "characters"
+        return f"{value[:limit]!r}... ({len(value)} {unit})"
+    text = repr(value)
+    return text if len(text) <= limit + 20 else f"{text[: limit + 20]}..."

@@ -16,4 +16,4 @@ def parse_run_id(value: object) -> uuid.UUID:
             return uuid.UUID(value)
         except ValueError:
             pass
-    raise errors.InvalidRunId(f"run id must be a UUID, got {value!r}")
+    raise errors.InvalidRunId(f"run id must be a UUID, got {errors.preview(value)}")

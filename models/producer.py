@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import uuid
-from collections.abc import Callable
 
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from models import errors
+from models import errors, kicks
 from models.env import positive_int
 from models.ids import parse_run_id
 from models.run import Run, RunEvent, RunOutbox
@@ -21,6 +20,7 @@ from models.run import Run, RunEvent, RunOutbox
 KICK_ENV = "OUTBOX_KICK_ON_COMMIT"
 MAX_PAYLOAD_BYTES_ENV = "OUTBOX_MAX_PAYLOAD_BYTES"
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_TYPE_CHARS = 255
 
 # One round trip: take the run's next seq and insert the event with it. The UPDATE locks the
 # run's counter row, so concurrent producers of one run queue here, seq order is commit order
@@ -60,17 +60,41 @@ def encode_payload(payload: object, limit: int) -> str:
     """Return ``payload`` as JSON text, or raise InvalidPayload / PayloadTooLarge."""
     try:
         encoded = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError as exc:
+        raise errors.InvalidPayload("payload is nested too deeply to encode as JSON") from exc
     except (TypeError, ValueError) as exc:
         raise errors.InvalidPayload(f"payload is not JSON-serialisable: {exc}") from exc
     if _NUL_ESCAPE.search(encoded):
         raise errors.InvalidPayload("payload contains U+0000, which PostgreSQL JSONB cannot store")
-    size = len(encoded.encode("utf-8"))
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise errors.InvalidPayload(
+            "payload contains a lone surrogate (such as \\ud800), which is not valid Unicode text"
+        ) from exc
     if size > limit:
         raise errors.PayloadTooLarge(
             f"payload is {size} bytes as JSON, over the limit of {limit} bytes "
             f"(set {MAX_PAYLOAD_BYTES_ENV} to change it)"
         )
     return encoded
+
+
+def check_type(type: object) -> None:
+    """Raise InvalidPayload unless ``type`` is 1 to 255 characters of printable text."""
+    if not isinstance(type, str) or not type:
+        raise errors.InvalidPayload(
+            f"event type must be a non-empty string, got {errors.preview(type)}"
+        )
+    if len(type) > MAX_TYPE_CHARS:
+        raise errors.InvalidPayload(
+            f"event type is {len(type)} characters, over the limit of {MAX_TYPE_CHARS}"
+        )
+    if not type.isprintable():
+        raise errors.InvalidPayload(
+            "event type must be printable text (no tabs, newlines, control characters or lone "
+            f"surrogates), got {errors.preview(type)}"
+        )
 
 
 def create_run(session: Session, run_id: uuid.UUID | str | None = None) -> Run:
@@ -83,9 +107,18 @@ def create_run(session: Session, run_id: uuid.UUID | str | None = None) -> Run:
         raise errors.RunExists(f"a run with id {rid} exists already")
     run = Run(id=rid, last_seq=0)
     run.outbox = RunOutbox(run_id=run.id)
-    session.add(run)
-    # Flush now so that append_event's counter UPDATE in this transaction finds the row.
-    session.flush()
+    if run_id is None:
+        session.add(run)
+        # Flush now so that append_event's counter UPDATE in this transaction finds the row.
+        session.flush()
+        return run
+    try:
+        # A savepoint: a concurrent transaction that created the same id makes this insert
+        # fail, and the caller's transaction must stay usable.
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError as exc:
+        raise errors.RunExists(f"a run with id {rid} exists already") from exc
     return run
 
 
@@ -105,11 +138,14 @@ def append_event(
     is queued, and the event reaches the stream without waiting for beat's next dispatch.
 
     Raises InvalidRunId, UnknownRun, InvalidPayload or PayloadTooLarge before anything is
-    written, so a refused event never reaches the outbox.
+    written, so a refused event never reaches the outbox; ConfigError for a kick when no
+    kicker is registered (see ``models.kicks``).
     """
     rid = parse_run_id(run_id)
-    if not isinstance(type, str) or not type:
-        raise errors.InvalidPayload(f"event type must be a non-empty string, got {type!r}")
+    kick = kick_by_default() if kick is None else kick
+    if kick:
+        kicks.kicker()  # fail before writing if a kick cannot be sent
+    check_type(type)
     encoded = encode_payload(payload, max_payload_bytes() if max_bytes is None else max_bytes)
     row = session.execute(_APPEND, {"run_id": rid, "type": type, "payload": encoded}).one_or_none()
     if row is None:
@@ -127,7 +163,7 @@ def append_event(
     )
     make_transient_to_detached(event)
     session.add(event)
-    if kick_by_default() if kick is None else kick:
+    if kick:
         _kick_after_commit(session, rid)
     return event
 
@@ -136,28 +172,20 @@ _KICKS = "outbox_kicks"  # Session.info key: runs to kick when the transaction c
 
 
 def _kick_after_commit(session: Session, run_id: uuid.UUID) -> None:
-    kicks: set[uuid.UUID] | None = session.info.get(_KICKS)
-    if kicks is None:
-        kicks = session.info[_KICKS] = set()
+    pending: set[uuid.UUID] | None = session.info.get(_KICKS)
+    if pending is None:
+        pending = session.info[_KICKS] = set()
         sa_event.listen(session, "after_commit", _send_kicks)
         sa_event.listen(session, "after_rollback", _forget_kicks)
-    kicks.add(run_id)
+    pending.add(run_id)
 
 
 def _send_kicks(session: Session) -> None:
-    kicks: set[uuid.UUID] = session.info[_KICKS]
-    run_ids = sorted(kicks)
-    kicks.clear()
+    pending: set[uuid.UUID] = session.info[_KICKS]
+    run_ids = sorted(pending)
+    pending.clear()
     if run_ids:
-        _kicker()(run_ids)
-
-
-@functools.cache
-def _kicker() -> Callable[[list[uuid.UUID]], None]:
-    # Imported on first use: the tasks package builds on models, not the other way round.
-    from tasks.outbox import kick
-
-    return kick
+        kicks.kicker()(run_ids)
 
 
 def _forget_kicks(session: Session) -> None:

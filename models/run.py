@@ -19,6 +19,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -101,7 +102,27 @@ class RunOutbox(Base):
     )
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # A refused run is not dispatched again before this (a jittered, growing delay).
+    retry_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_published_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     updated_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
 
     run: Mapped[Run] = relationship(back_populates="outbox")
+
+
+class SinkHealth(Base):
+    """One row: whether the workers found the sink unavailable, and when dispatch checks again.
+
+    Shared by every worker, so an outage is logged once when it starts, once per check, and
+    once when it ends, however many processes meet it.
+    """
+
+    __tablename__ = "sink_health"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    down_since: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    probes: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    next_probe_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from models import Run, append_event, create_run, errors, migrate
 from models.ids import parse_run_id
-from tasks import drain, runtime, sql, streams
+from tasks import api, drain, redis_sink, runtime, sql
 from tasks.errors import PublishError
 from tasks.runtime import Runtime
 
@@ -128,7 +128,7 @@ def drain_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
     report: dict[str, Any]
     if run_id is not None:
         try:
-            report = drain.drain_outbox_for_run(run_id).as_dict()
+            report = api.drain_outbox_for_run(run_id).as_dict()
         except PublishError as exc:
             raise click.ClickException(
                 f"{exc} (the attempt is recorded; see `outbox status`)"
@@ -136,7 +136,7 @@ def drain_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
         if report["status"] == drain.Status.MISSING:
             raise click.ClickException(f"no run with id {run_id}")
     else:
-        report = drain.drain_outbox_once().as_dict()
+        report = api.drain_outbox_once().as_dict()
     click.echo(json.dumps(report))
 
 
@@ -168,7 +168,7 @@ def resume(run_ids: tuple[str, ...], all_runs: bool) -> None:
     """Put stalled runs back in service (their attempts start again from zero)."""
     if bool(run_ids) == all_runs:
         raise click.UsageError("give RUN_IDs or --all")
-    resumed = drain.resume(None if all_runs else list(run_ids))
+    resumed = api.resume(None if all_runs else list(run_ids))
     click.echo(f"resumed {len(resumed)} run(s)")
 
 
@@ -185,11 +185,13 @@ def tail(run_id: uuid.UUID, from_seq: int, follow: bool, timeout: float | None) 
     after = max(from_seq, 1) - 1
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        entries = streams.read_stream(current.redis, prefix, run_id, after=after)
+        entries = redis_sink.read_stream(current.redis, prefix, run_id, after=after)
         if not entries and follow:
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            entries = streams.wait_stream(current.redis, prefix, run_id, after=after, block_ms=1000)
+            entries = redis_sink.wait_stream(
+                current.redis, prefix, run_id, after=after, block_ms=1000
+            )
         for entry in entries:
             click.echo(f"{entry.seq}\t{entry.type}\t{entry.payload}")
             after = entry.seq
@@ -217,11 +219,11 @@ def demo(runs: int, events: int) -> None:
     published = 0
     with click.progressbar(run_ids, label="draining       ") as bar:
         for run_id in bar:
-            published += drain.drain_outbox_for_run(run_id).published
+            published += api.drain_outbox_for_run(run_id).published
     click.echo(f"published {published} events to {runs} streams")
     for run_id in run_ids:
-        key = streams.stream_key(settings.stream_prefix, run_id)
+        key = redis_sink.stream_key(settings.stream_prefix, run_id)
         click.echo(f"\n{key}")
-        for entry in streams.read_stream(current.redis, settings.stream_prefix, run_id):
+        for entry in redis_sink.read_stream(current.redis, settings.stream_prefix, run_id):
             click.echo(f"  {entry.seq}-0  {entry.type}  {entry.payload}")
     click.echo(f"\nfollow a run with: outbox tail {run_ids[0]} --follow")

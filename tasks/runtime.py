@@ -1,7 +1,9 @@
-"""The process-wide collaborators the tasks and the CLI use: built from the environment once.
+"""The process-wide collaborators of the tasks and the CLI, built from the environment once.
 
-Tests and applications that want other collaborators call ``configure(...)`` (and ``reset()``
-to go back to the environment's); nothing needs environment variables changed.
+Only the task layer (``tasks.outbox``, ``tasks.api``) and the CLI look the runtime up; the
+drain core and the jobs take their collaborators as arguments. Tests and applications that
+want other collaborators call ``configure(...)`` (and ``reset()`` to go back to the
+environment's); nothing needs environment variables changed.
 """
 
 from __future__ import annotations
@@ -14,22 +16,29 @@ from typing import Any
 from redis import Redis
 
 from models.db import session_factory as make_session_factory
-from tasks import streams
-from tasks.drain import SessionFactory
+from tasks import redis_sink
+from tasks.jobs import Worker
+from tasks.outages import OutageLog, SinkGate
+from tasks.queueing import DrainQueue, Sender
+from tasks.redis_marks import KickedSet, QueuedMarks
 from tasks.settings import Settings
-from tasks.streams import KickedRuns, Publisher, QueuedDrains
+from tasks.sink import Sink
+from tasks.store import SessionFactory, SqlStore
 
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
-    """Settings plus the database, sink, queue-mark and kick collaborators built from them."""
+    """Settings plus the database, sink and queue collaborators built from them."""
 
     settings: Settings
     session_factory: SessionFactory
     redis: Redis
-    publisher: Publisher
-    queued: QueuedDrains
-    kicked: KickedRuns
+    store: SqlStore
+    sink: Sink
+    marks: QueuedMarks
+    kicked: KickedSet
+    gate: SinkGate
+    database: OutageLog
 
     @classmethod
     def build(
@@ -38,18 +47,57 @@ class Runtime:
         *,
         session_factory: SessionFactory | None = None,
         redis_client: Redis | None = None,
-        publisher: Publisher | None = None,
+        sink: Sink | None = None,
     ) -> Runtime:
         """Build the collaborators that are not given from ``settings``."""
-        client = redis_client or streams.connect(settings.redis_url, timeout=settings.redis_timeout)
+        client = redis_client or redis_sink.connect(
+            settings.redis_url, timeout=settings.redis_timeout
+        )
+        store = SqlStore(session_factory or make_session_factory(settings.database_url))
         return cls(
             settings=settings,
-            session_factory=session_factory or make_session_factory(settings.database_url),
+            session_factory=store.session_factory,
             redis=client,
-            publisher=publisher or streams.RedisStreamPublisher(client, settings.stream_prefix),
-            queued=QueuedDrains(client, settings.queued_prefix, settings.queued_ttl),
-            kicked=KickedRuns(client, settings.queued_prefix, settings.queued_ttl),
+            store=store,
+            sink=sink or redis_sink.RedisStreamSink(client, settings.stream_prefix),
+            marks=QueuedMarks(client, settings.queued_prefix),
+            kicked=KickedSet(client, settings.queued_prefix),
+            gate=SinkGate(store),
+            database=OutageLog("database"),
         )
+
+    def worker(self, sender: Sender) -> Worker:
+        """What the tasks need, sending drains with ``sender``."""
+        return Worker(
+            store=self.store,
+            sink=self.sink,
+            queue=self.queue(self.marks, self.kicked, sender),
+            gate=self.gate,
+            cursor=self.marks,
+            kicked=self.kicked,
+            limits=self.settings.limits,
+            kick_linger=self.settings.kick_linger,
+            database=self.database,
+        )
+
+    def queue(self, marks: QueuedMarks, kicked: KickedSet, sender: Sender) -> DrainQueue:
+        """A DrainQueue over these marks and this sender, with the settings' group and TTL."""
+        return DrainQueue(
+            marks,
+            kicked,
+            sender,
+            group_size=self.settings.group_size,
+            ttl=self.settings.queued_ttl,
+        )
+
+    def kick_queue(self, sender: Sender) -> DrainQueue:
+        """The producers' DrainQueue: its own Redis client, with the kick's short timeout and
+        no retries, so a kick costs ``kick_timeout`` at worst."""
+        client = redis_sink.connect(
+            self.settings.redis_url, timeout=self.settings.kick_timeout, retries=0
+        )
+        prefix = self.settings.queued_prefix
+        return self.queue(QueuedMarks(client, prefix), KickedSet(client, prefix), sender)
 
 
 _lock = threading.Lock()

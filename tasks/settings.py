@@ -11,6 +11,7 @@ from sqlalchemy import URL
 from models.db import database_url
 from models.env import positive_float, positive_int
 from models.errors import ConfigError
+from tasks.drain import Limits
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STREAM_PREFIX = "outbox:run:"
@@ -25,14 +26,16 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     stream_prefix: str = DEFAULT_STREAM_PREFIX
     queued_prefix: str = DEFAULT_QUEUED_PREFIX
-    batch_size: int = 500
-    batch_max_bytes: int = 4 * 1024 * 1024
-    max_batches: int = 20
-    max_attempts: int = 10
-    group_size: int = 50
-    dispatch_limit: int = 10_000
-    queued_ttl: int = 300
+    batch_size: int = Limits.batch_size
+    batch_max_bytes: int = Limits.batch_max_bytes
+    max_batches: int = Limits.max_batches
+    max_attempts: int = Limits.max_attempts
+    group_size: int = Limits.group_size
+    dispatch_limit: int = Limits.dispatch_limit
+    queued_ttl: int = 30
     kick_linger: float = 0.05
+    kick_timeout: float = 0.05
+    kick_pause: float = 5.0
     redis_timeout: float = 5.0
 
     def __post_init__(self) -> None:
@@ -42,6 +45,18 @@ class Settings:
                 f"OUTBOX_KICK_LINGER ({self.kick_linger}s) must be shorter than "
                 f"OUTBOX_REDIS_TIMEOUT ({self.redis_timeout}s)"
             )
+
+    @property
+    def limits(self) -> Limits:
+        """What bounds one drain."""
+        return Limits(
+            batch_size=self.batch_size,
+            batch_max_bytes=self.batch_max_bytes,
+            max_batches=self.max_batches,
+            max_attempts=self.max_attempts,
+            group_size=self.group_size,
+            dispatch_limit=self.dispatch_limit,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -60,5 +75,7 @@ class Settings:
             dispatch_limit=positive_int(env, "OUTBOX_DISPATCH_LIMIT", cls.dispatch_limit),
             queued_ttl=positive_int(env, "OUTBOX_QUEUED_TTL", cls.queued_ttl),
             kick_linger=positive_float(env, "OUTBOX_KICK_LINGER", cls.kick_linger),
+            kick_timeout=positive_float(env, "OUTBOX_KICK_TIMEOUT", cls.kick_timeout),
+            kick_pause=positive_float(env, "OUTBOX_KICK_PAUSE", cls.kick_pause),
             redis_timeout=positive_float(env, "OUTBOX_REDIS_TIMEOUT", cls.redis_timeout),
         )

@@ -6,7 +6,7 @@ any size: the hot path never issues a statement per event.
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 
 # Step 1a. FOR KEY SHARE on the run first: a cascading DELETE FROM runs in progress makes us skip
 # the run (and an in-progress drain makes the delete wait), so the drain and the delete never
@@ -18,7 +18,7 @@ LOCK_RUNS = text(
 
 # Step 1b. The drain cursor: one drainer per run at a time, the others skip.
 LOCK_CURSORS = text(
-    "SELECT run_id, next_seq, status FROM run_outbox"
+    "SELECT run_id, next_seq, status, attempts FROM run_outbox"
     " WHERE run_id = ANY(CAST(:run_ids AS uuid[]))"
     " ORDER BY run_id FOR UPDATE SKIP LOCKED"
 )
@@ -27,22 +27,24 @@ LOCK_CURSORS = text(
 EXISTING_RUNS = text("SELECT id FROM runs WHERE id = ANY(CAST(:run_ids AS uuid[]))")
 
 # Step 2. Up to :batch_size events per run from its cursor, in seq order, cut short once the
-# run's batch holds :max_bytes (the first event always goes, whatever its size). The inner LIMIT
-# comes before the window so only the batch's rows are ever read.
+# run's batch holds :max_bytes of type and payload (the first event always goes, whatever its
+# size). The inner LIMIT comes before the window so only the batch's rows are ever read.
 READ_BATCH = text(
     """
     SELECT c.run_id, b.id, b.seq, b.type, b.payload, b.fetched
     FROM unnest(CAST(:run_ids AS uuid[]), CAST(:next_seqs AS bigint[])) AS c(run_id, next_seq)
     CROSS JOIN LATERAL (
         SELECT w.id, w.seq, w.type, w.payload, count(*) OVER () AS fetched,
-               sum(octet_length(w.payload)) OVER (ORDER BY w.seq) - octet_length(w.payload)
-                   AS bytes_before
+               sum(w.size) OVER (ORDER BY w.seq) - w.size AS bytes_before
         FROM (
-            SELECT e.id, e.seq, e.type, CAST(e.payload AS text) AS payload
-            FROM run_events AS e
-            WHERE e.run_id = c.run_id AND e.seq >= c.next_seq
-            ORDER BY e.seq
-            LIMIT :batch_size
+            SELECT t.*, octet_length(t.type) + octet_length(t.payload) AS size
+            FROM (
+                SELECT e.id, e.seq, e.type, CAST(e.payload AS text) AS payload
+                FROM run_events AS e
+                WHERE e.run_id = c.run_id AND e.seq >= c.next_seq
+                ORDER BY e.seq
+                LIMIT :batch_size
+            ) AS t
         ) AS w
     ) AS b
     WHERE b.bytes_before < :max_bytes
@@ -59,38 +61,50 @@ MARK_PUBLISHED = text(
         WHERE id = ANY(CAST(:event_ids AS bigint[])) AND published_at IS NULL
     )
     UPDATE run_outbox AS o
-    SET next_seq = c.next_seq, attempts = 0, last_error = NULL,
+    SET next_seq = c.next_seq, attempts = 0, last_error = NULL, retry_at = NULL,
         last_published_at = now(), updated_at = now()
     FROM unnest(CAST(:run_ids AS uuid[]), CAST(:next_seqs AS bigint[])) AS c(run_id, next_seq)
     WHERE o.run_id = c.run_id
     """
 )
 
-RECORD_FAILURE = text(
+# The sink refused these runs' entries: one more attempt each, retried by dispatch after its
+# delay (jittered backoff, computed by tasks.retry), parked once attempts reach :max_attempts.
+RECORD_REFUSALS = text(
     """
-    UPDATE run_outbox
-    SET attempts = attempts + 1, last_error = :error, updated_at = now(),
-        status = CASE WHEN attempts + 1 >= :max_attempts THEN 'stalled' ELSE status END
-    WHERE run_id = ANY(CAST(:run_ids AS uuid[]))
-    RETURNING run_id, status
+    UPDATE run_outbox AS o
+    SET attempts = o.attempts + 1, last_error = c.error, updated_at = now(),
+        retry_at = now() + make_interval(secs => c.delay),
+        status = CASE WHEN o.attempts + 1 >= :max_attempts THEN 'stalled' ELSE o.status END
+    FROM unnest(CAST(:run_ids AS uuid[]), CAST(:errors AS text[]), CAST(:delays AS float8[]))
+        AS c(run_id, error, delay)
+    WHERE o.run_id = c.run_id
+    RETURNING o.run_id, o.status
     """
 )
 
-# The sink was unreachable: not the run's fault, so it is noted but does not count towards parking.
+# An entry id of these runs is taken by another event: retrying cannot help, so park at once.
+PARK = text(
+    """
+    UPDATE run_outbox AS o
+    SET status = 'stalled', last_error = c.error, updated_at = now()
+    FROM unnest(CAST(:run_ids AS uuid[]), CAST(:errors AS text[])) AS c(run_id, error)
+    WHERE o.run_id = c.run_id
+    """
+)
+
+# The sink was unavailable: nobody's fault, so it is noted but does not count towards parking.
 RECORD_OUTAGE = text(
     "UPDATE run_outbox SET last_error = :error, updated_at = now()"
     " WHERE run_id = ANY(CAST(:run_ids AS uuid[]))"
 )
 
-RESUME = text(
-    "UPDATE run_outbox SET status = 'active', attempts = 0, last_error = NULL, updated_at = now()"
-    " WHERE run_id = ANY(CAST(:run_ids AS uuid[])) RETURNING run_id"
+_RESUME = (
+    "UPDATE run_outbox SET status = 'active', attempts = 0, last_error = NULL, retry_at = NULL,"
+    " updated_at = now() WHERE {which} RETURNING run_id"
 )
-
-RESUME_ALL = text(
-    "UPDATE run_outbox SET status = 'active', attempts = 0, last_error = NULL, updated_at = now()"
-    " WHERE status = 'stalled' RETURNING run_id"
-)
+RESUME = text(_RESUME.format(which="run_id = ANY(CAST(:run_ids AS uuid[]))"))
+RESUME_ALL = text(_RESUME.format(which="status = 'stalled'"))
 
 # Runs with events committed at or after their (new) cursor: checked after a short batch, since
 # a producer may have committed while the run was locked and its kick found it "locked".
@@ -102,12 +116,12 @@ RUNS_WITH_MORE = text(
     """
 )
 
-# Active runs with unpublished events, found by a skip scan of the partial index of pending
-# events: one index probe per run, whatever the size of the published history.
+# Active runs with unpublished events and no retry delay pending, found by a skip scan of the
+# partial index of pending events: one index probe per run, whatever the size of the history.
 _FIND_PENDING = """
     WITH RECURSIVE pending(run_id) AS (
         (
-            SELECT run_id FROM run_events WHERE published_at IS NULL {start}
+            SELECT run_id FROM run_events WHERE published_at IS NULL {after}
             ORDER BY run_id LIMIT 1
         )
         UNION ALL
@@ -122,19 +136,34 @@ _FIND_PENDING = """
     SELECT p.run_id FROM pending AS p
     CROSS JOIN LATERAL (
         SELECT 1 FROM run_outbox AS o
-        WHERE o.run_id = p.run_id AND o.status = 'active'
+        WHERE o.run_id = p.run_id AND o.status = 'active' {due}
         LIMIT 1
     ) AS active
     LIMIT :limit
 """
-FIND_PENDING = text(_FIND_PENDING.format(start=""))
-# The next page: the runs after :after in run id order.
-FIND_PENDING_AFTER = text(_FIND_PENDING.format(start="AND run_id > :after"))
+_FIND_PENDING_VARIANTS = {
+    (after, due_only): text(
+        _FIND_PENDING.format(
+            after="AND run_id > :after" if after else "",  # the next page, in run id order
+            due="AND (o.retry_at IS NULL OR o.retry_at <= now())" if due_only else "",
+        )
+    )
+    for after in (False, True)
+    for due_only in (False, True)
+}
+
+
+def find_pending(*, after: bool, due_only: bool) -> TextClause:
+    """The query of pending runs: from the first or after :after; every run or only due ones."""
+    return _FIND_PENDING_VARIANTS[after, due_only]
+
+
+FIND_PENDING = find_pending(after=False, due_only=True)  # what dispatch runs
 
 # What `outbox status` shows: per run with pending events or parked, the backlog and its age.
 STATUS = text(
     """
-    SELECT o.run_id, o.status, o.attempts, o.last_error, o.next_seq,
+    SELECT o.run_id, o.status, o.attempts, o.last_error, o.next_seq, o.retry_at,
            count(e.id) AS pending, min(e.created_at) AS oldest_pending
     FROM run_outbox AS o
     LEFT JOIN run_events AS e ON e.run_id = o.run_id AND e.published_at IS NULL
@@ -144,4 +173,34 @@ STATUS = text(
     ORDER BY min(e.created_at) NULLS LAST, o.run_id
     LIMIT :limit
     """
+)
+
+# The sink's health, one row shared by every worker (see tasks.outages).
+SINK_HEALTH = text(
+    "SELECT down_since, last_error, probes, next_probe_at <= now() AS probe_due"
+    " FROM sink_health WHERE id = 1"
+)
+# Returns a row only for the caller that found the sink up: it logs that the outage began.
+SINK_DOWN = text(
+    "UPDATE sink_health SET down_since = now(), last_error = :error, probes = 0,"
+    " next_probe_at = now() + make_interval(secs => :delay), updated_at = now()"
+    " WHERE id = 1 AND down_since IS NULL RETURNING down_since"
+)
+# Returns a row only for the one dispatcher whose probe is due: the others keep waiting.
+CLAIM_PROBE = text(
+    "UPDATE sink_health SET probes = probes + 1,"
+    " next_probe_at = now() + make_interval(secs => :delay), updated_at = now()"
+    " WHERE id = 1 AND down_since IS NOT NULL AND probes = :probes AND next_probe_at <= now()"
+    " RETURNING probes"
+)
+SINK_STILL_DOWN = text(
+    "UPDATE sink_health SET last_error = :error, updated_at = now()"
+    " WHERE id = 1 AND down_since IS NOT NULL"
+)
+# Returns a row only for the caller that ended the outage: it logs how long it lasted.
+SINK_UP = text(
+    "UPDATE sink_health SET down_since = NULL, probes = 0, next_probe_at = NULL,"
+    " updated_at = now() FROM (SELECT down_since FROM sink_health WHERE id = 1) AS s"
+    " WHERE sink_health.id = 1 AND s.down_since IS NOT NULL"
+    " RETURNING extract(epoch FROM now() - s.down_since) AS seconds"
 )

@@ -19,8 +19,8 @@ from sqlalchemy import URL, Engine, orm
 
 from models.db import make_engine
 from tasks import app, runtime
+from tasks.redis_sink import RedisStreamSink
 from tasks.settings import Settings
-from tasks.streams import RedisStreamPublisher
 from tests import services
 
 pytest_plugins = ["tests.workers"]
@@ -94,8 +94,8 @@ def settings(db_url: URL, service_urls: services.Services, key_space: str) -> Se
 
 
 @pytest.fixture
-def publisher(redis_client: redis.Redis, settings: Settings) -> RedisStreamPublisher:
-    return RedisStreamPublisher(redis_client, settings.stream_prefix)
+def publisher(redis_client: redis.Redis, settings: Settings) -> RedisStreamSink:
+    return RedisStreamSink(redis_client, settings.stream_prefix)
 
 
 @pytest.fixture(autouse=True)

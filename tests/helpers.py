@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import RunEvent, RunOutbox, append_event, create_run
-from tasks.streams import read_stream
+from tasks.redis_sink import read_stream
 
 
 def seed(

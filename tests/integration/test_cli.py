@@ -48,7 +48,12 @@ def test_emit_drain_and_tail_publish_and_show_the_events_in_order(
     assert line.split()[1:3] == ["active", "2"]
 
     drained = outbox("drain", run_id)
-    assert json.loads(drained.output) == {"run_id": run_id, "status": "drained", "published": 2}
+    assert json.loads(drained.output) == {
+        "run_id": run_id,
+        "status": "drained",
+        "published": 2,
+        "already_present": 0,
+    }
     assert outbox("tail", run_id).output == '1\tstep\t{"n": 1}\n2\tstep\t{"n": 2}\n'
     assert outbox("tail", run_id, "--from", "2").output == '2\tstep\t{"n": 2}\n'
     assert outbox("status").output.strip() == "nothing pending"
@@ -65,7 +70,13 @@ def test_emit_create_makes_the_run_and_drain_all_drains_every_run(
 
     report = json.loads(outbox("drain", "--all").output)
 
-    assert report == {"status": "drained", "published": 3, "runs": 2, "failed": 0}
+    assert report == {
+        "status": "drained",
+        "published": 3,
+        "already_present": 0,
+        "runs": 2,
+        "failed": 0,
+    }
     prefix = outbox_runtime.settings.stream_prefix
     assert stream_seqs(redis_client, prefix, uuid.UUID(run_id)) == [1]
     assert stream_seqs(redis_client, prefix, other) == [1, 2]

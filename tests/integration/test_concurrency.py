@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine
 from tasks import Status, drain_outbox_for_run
+from tasks.redis_sink import RedisStreamSink
 from tasks.settings import Settings
-from tasks.streams import RedisStreamPublisher
 from tests.helpers import append, db_state, seed, stream_seqs
 
 EVENTS = 300
@@ -43,7 +43,7 @@ def _drain_until(stop: Callable[[], bool], drain: Callable[[], Status]) -> None:
 
 def test_concurrent_thread_drains_while_appending_publish_each_event_once_in_order(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -92,7 +92,7 @@ def _process_drainer(
         batch_size=5,
         max_batches=2,
     )
-    publisher = RedisStreamPublisher(redis.Redis.from_url(redis_url), prefix)
+    publisher = RedisStreamSink(redis.Redis.from_url(redis_url), prefix)
     seen: set[str] = set()
 
     def drain() -> Status:

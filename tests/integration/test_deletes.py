@@ -16,15 +16,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import RunEvent
 from tasks import Status, drain_outbox_for_run, drain_outbox_once
 from tasks.drain import drain_batch
+from tasks.redis_sink import RedisStreamSink
 from tasks.settings import Settings
-from tasks.streams import Entry, PublishOutcome, RedisStreamPublisher
+from tasks.sink import Entry, PublishOutcome
+from tasks.store import SqlStore
 from tests.helpers import db_state, seed, stream_seqs, wait_until
 
 
-class PublishThen(RedisStreamPublisher):
+class PublishThen(RedisStreamSink):
     """The real Redis publisher that runs ``before`` once, between the lock and the update."""
 
-    def __init__(self, real: RedisStreamPublisher, before: object) -> None:
+    def __init__(self, real: RedisStreamSink, before: object) -> None:
         super().__init__(real.client, real.prefix)
         self.before = before
 
@@ -50,7 +52,7 @@ def _lock_waiters(engine: Engine) -> int:
 def test_a_run_deleted_while_its_drain_holds_it_waits_then_the_next_drain_finds_it_missing(
     Session: sessionmaker[Session],
     engine: Engine,
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -83,7 +85,7 @@ def test_a_run_deleted_while_its_drain_holds_it_waits_then_the_next_drain_finds_
 
 def test_a_drain_that_meets_a_delete_in_progress_skips_the_run_without_waiting(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -101,7 +103,7 @@ def test_a_drain_that_meets_a_delete_in_progress_skips_the_run_without_waiting(
 
 def test_events_deleted_between_the_lock_and_the_update_end_the_drain_cleanly(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -126,7 +128,7 @@ def test_events_deleted_between_the_lock_and_the_update_end_the_drain_cleanly(
 
 def test_deleting_runs_while_many_threads_drain_them_never_crashes_or_deadlocks(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
 ) -> None:
     runs = seed(Session, runs=30, events=20)
@@ -168,13 +170,13 @@ def test_deleting_runs_while_many_threads_drain_them_never_crashes_or_deadlocks(
 
 def test_draining_a_run_id_that_never_existed_alongside_real_runs_reports_each(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
 ) -> None:
     [run_id] = seed(Session, events=1)
     ghost = uuid.uuid4()
 
-    outcomes = drain_batch(Session, publisher, [run_id, ghost], settings)
+    outcomes = drain_batch(SqlStore(Session), publisher, [run_id, ghost], settings.limits)
 
     assert (outcomes[run_id].status, outcomes[run_id].published) == (Status.DRAINED, 1)
     assert outcomes[ghost].status == Status.MISSING

@@ -12,14 +12,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import RunEvent, append_event
 from tasks import Status, drain_outbox_for_run, drain_outbox_for_runs, drain_outbox_once
+from tasks.redis_sink import RedisStreamSink, read_stream
 from tasks.settings import Settings
-from tasks.streams import RedisStreamPublisher, read_stream
 from tests.helpers import append, db_state, seed, stream_seqs
 
 
 def test_drain_publishes_every_event_once_in_seq_order_and_marks_them(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -38,7 +38,7 @@ def test_drain_publishes_every_event_once_in_seq_order_and_marks_them(
 
 def test_second_drain_of_a_drained_run_publishes_nothing(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -54,7 +54,7 @@ def test_second_drain_of_a_drained_run_publishes_nothing(
 
 def test_batch_limit_reports_more_and_the_next_drain_continues_in_order(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -74,7 +74,7 @@ def test_batch_limit_reports_more_and_the_next_drain_continues_in_order(
 
 def test_byte_limit_cuts_a_batch_short_but_always_moves_at_least_one_event(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -95,7 +95,7 @@ def test_byte_limit_cuts_a_batch_short_but_always_moves_at_least_one_event(
 
 def test_nothing_is_published_before_the_producer_commits(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -113,7 +113,7 @@ def test_nothing_is_published_before_the_producer_commits(
 
 def test_unknown_run_is_missing_and_a_malformed_id_is_refused(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
 ) -> None:
     kwargs = {"session_factory": Session, "publisher": publisher, "settings": settings}
@@ -127,7 +127,7 @@ def test_unknown_run_is_missing_and_a_malformed_id_is_refused(
 
 def test_a_run_another_drainer_holds_is_locked_and_left_alone(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -144,7 +144,7 @@ def test_a_run_another_drainer_holds_is_locked_and_left_alone(
 
 def test_drain_once_drains_every_run_with_pending_events_across_groups(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -153,7 +153,13 @@ def test_drain_once_drains_every_run_with_pending_events_across_groups(
 
     result = drain_outbox_once(session_factory=Session, publisher=publisher, settings=small)
 
-    assert result.as_dict() == {"status": "drained", "published": 35, "runs": 7, "failed": 0}
+    assert result.as_dict() == {
+        "status": "drained",
+        "published": 35,
+        "already_present": 0,
+        "runs": 7,
+        "failed": 0,
+    }
     for run_id in runs:
         assert stream_seqs(redis_client, settings.stream_prefix, run_id) == [1, 2, 3, 4, 5]
         assert db_state(Session, run_id) == (6, 5, 0)
@@ -163,7 +169,7 @@ def test_drain_once_drains_every_run_with_pending_events_across_groups(
 
 def test_drain_once_reports_more_when_its_batch_limit_leaves_events(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
 ) -> None:
     seed(Session, runs=2, events=5)
@@ -177,7 +183,7 @@ def test_drain_once_reports_more_when_its_batch_limit_leaves_events(
 
 def test_events_appended_after_a_drain_are_published_by_the_next_one(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -199,7 +205,7 @@ def test_events_appended_after_a_drain_are_published_by_the_next_one(
 
 def test_drain_runs_drains_several_runs_together_and_reports_each(
     Session: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
 ) -> None:
@@ -211,10 +217,10 @@ def test_drain_runs_drains_several_runs_together_and_reports_each(
         [first, str(second), ghost], session_factory=Session, publisher=publisher, settings=small
     )
 
-    assert [r.as_dict() for r in results] == [
-        {"run_id": str(first), "status": "drained", "published": 6},
-        {"run_id": str(second), "status": "drained", "published": 6},
-        {"run_id": str(ghost), "status": "missing", "published": 0},
+    assert [(r.run_id, r.status, r.published) for r in results] == [
+        (first, Status.DRAINED, 6),
+        (second, Status.DRAINED, 6),
+        (ghost, Status.MISSING, 0),
     ]
     for run_id in (first, second):
         assert stream_seqs(redis_client, settings.stream_prefix, run_id) == list(range(1, 7))

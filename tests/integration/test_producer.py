@@ -24,8 +24,8 @@ from models import (
 )
 from models.db import make_engine
 from tasks import Status, drain_outbox_for_run
+from tasks.redis_sink import RedisStreamSink
 from tasks.settings import Settings
-from tasks.streams import RedisStreamPublisher
 from tests.helpers import seed
 
 
@@ -111,7 +111,7 @@ def test_a_producer_never_waits_for_a_drain_holding_the_run(
 def test_a_drain_never_waits_for_a_producer_with_an_open_transaction(
     Session: sessionmaker[Session],
     impatient: sessionmaker[Session],
-    publisher: RedisStreamPublisher,
+    publisher: RedisStreamSink,
     settings: Settings,
 ) -> None:
     [run_id] = seed(Session, events=1)

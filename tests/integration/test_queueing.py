@@ -10,14 +10,14 @@ import uuid
 
 import pytest
 import redis
-from celery.exceptions import Retry
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import append_event
 from tasks import dispatch, drain_kicked, drain_run, runtime, sql
+from tasks.redis_marks import KickedSet
+from tasks.redis_sink import RedisStreamSink
 from tasks.settings import Settings
-from tasks.streams import KickedRuns, RedisStreamPublisher
 from tests.helpers import append, db_state, seed, stream_seqs, unreachable_redis, wait_until
 
 
@@ -82,7 +82,7 @@ def test_dispatch_queues_runs_in_groups_and_each_pass_starts_where_the_last_stop
     ]
 
 
-def kicked_runs(kicked: KickedRuns) -> list[str]:
+def kicked_runs(kicked: KickedSet) -> list[str]:
     return sorted(member.decode() for member in kicked.client.smembers(kicked.members))
 
 
@@ -116,7 +116,12 @@ def test_kicks_coalesce_into_one_queued_drain_until_it_has_drained_them_all(
     assert queued_drains(redis_client, broker_queue) == [("outbox.drain_kicked", [])]
 
     # A worker runs the queued drain (a direct call runs here): every kicked run is drained.
-    assert drain_kicked() == {"runs": 3, "published": 6, "statuses": {"drained": 3}}
+    assert drain_kicked() == {
+        "runs": 3,
+        "published": 6,
+        "already_present": 0,
+        "statuses": {"drained": 3},
+    }
     for run_id in runs:
         assert stream_seqs(redis_client, outbox.settings.stream_prefix, run_id) == [1, 2]
     assert kicked_runs(outbox.kicked) == []
@@ -131,18 +136,18 @@ def test_kicks_coalesce_into_one_queued_drain_until_it_has_drained_them_all(
 def test_a_kick_while_the_kicked_drain_runs_joins_its_work_and_queues_nothing(
     outbox: runtime.Runtime,
 ) -> None:
-    kicked = outbox.kicked
+    kicked, ttl = outbox.kicked, outbox.settings.queued_ttl
     first, second = uuid.uuid4(), uuid.uuid4()
-    assert kicked.add([first])  # the mark was clear: this kick queues the drain
+    assert kicked.add([first], ttl)  # the mark was clear: this kick queues the drain
     assert kicked.take(50) == [first]  # the drain is running
 
-    assert not kicked.add([second])  # a producer commits meanwhile: no second task,
+    assert not kicked.add([second], ttl)  # a producer commits meanwhile: no second task,
     assert kicked.wait(5)  # but the running drain is woken (it may be waiting for more)
     assert not kicked.finish()  # and may not stop yet
     assert kicked.take(50) == [second]
     assert not kicked.wait(0.01)  # nobody kicked since
     assert kicked.finish()  # now the set is empty and the mark clear
-    assert kicked.add([first])  # the next kick queues a drain again
+    assert kicked.add([first], ttl)  # the next kick queues a drain again
 
 
 def test_a_kicked_drain_waiting_for_more_takes_the_next_kick_without_a_new_task(
@@ -167,7 +172,7 @@ def test_a_kicked_drain_waiting_for_more_takes_the_next_kick_without_a_new_task(
         append(Session, second, 1, kick=True)  # while the drain waits for more
         report = running.result(timeout=60)
 
-    assert report == {"runs": 2, "published": 2, "statuses": {"drained": 2}}
+    assert report == {"runs": 2, "published": 2, "already_present": 0, "statuses": {"drained": 2}}
     assert stream_seqs(redis_client, settings.stream_prefix, second) == [1]
     assert queued_drains(redis_client, broker_queue) == [("outbox.drain_kicked", [])]
 
@@ -177,10 +182,10 @@ def test_one_transaction_may_kick_more_runs_than_one_script_call_takes(
 ) -> None:
     runs = [uuid.uuid4() for _ in range(10_000)]  # Lua's unpack() stops near 8,000 values
 
-    assert outbox.kicked.add(runs)
+    assert outbox.kicked.add(runs, 30)
 
     assert len(kicked_runs(outbox.kicked)) == 10_000
-    assert not outbox.kicked.add(runs[:1])
+    assert not outbox.kicked.add(runs[:1], 30)
 
 
 def test_a_kicked_drain_takes_bounded_groups_and_queues_a_successor_for_the_rest(
@@ -192,9 +197,14 @@ def test_a_kicked_drain_takes_bounded_groups_and_queues_a_successor_for_the_rest
     small = dataclasses.replace(settings, group_size=2, max_batches=2)
     current = runtime.configure(small, session_factory=Session, redis_client=redis_client)
     runs = seed(Session, runs=5, events=1)
-    assert current.kicked.add(runs)  # as five kicks would
+    assert current.kicked.add(runs, small.queued_ttl)  # as five kicks would
 
-    assert drain_kicked() == {"runs": 4, "published": 4, "statuses": {"drained": 4}}
+    assert drain_kicked() == {
+        "runs": 4,
+        "published": 4,
+        "already_present": 0,
+        "statuses": {"drained": 4},
+    }
 
     assert len(kicked_runs(current.kicked)) == 1
     assert queued_drains(redis_client, broker_queue) == [("outbox.drain_kicked", [])]
@@ -202,24 +212,30 @@ def test_a_kicked_drain_takes_bounded_groups_and_queues_a_successor_for_the_rest
     assert sum(len(stream_seqs(redis_client, small.stream_prefix, r)) for r in runs) == 5
 
 
-def test_a_kicked_drain_that_cannot_reach_the_sink_keeps_its_runs_and_retries(
+def test_a_kicked_drain_that_cannot_reach_the_sink_puts_its_runs_back_and_releases_its_mark(
     Session: sessionmaker[Session], settings: Settings, redis_client: redis.Redis
 ) -> None:
-    down = RedisStreamPublisher(unreachable_redis(), settings.stream_prefix)
+    down = RedisStreamSink(unreachable_redis(), settings.stream_prefix)
     current = runtime.configure(
-        settings, session_factory=Session, redis_client=redis_client, publisher=down
+        settings, session_factory=Session, redis_client=redis_client, sink=down
     )
     [run_id] = seed(Session, events=2)
-    assert current.kicked.add([run_id])
+    assert current.kicked.add([run_id], settings.queued_ttl)
 
-    # Eager Celery raises the Retry instead of scheduling it.
-    with pytest.raises(Retry):
-        drain_kicked.delay()
+    report = drain_kicked.delay().get()
 
+    assert report["statuses"] == {"more": 1}
+    assert "Redis unavailable" in report["error"]
     assert kicked_runs(current.kicked) == [str(run_id)]
     assert db_state(Session, run_id) == (1, 0, 2)
-    # The retry holds the mark: kicks meanwhile add their runs, and queue nothing more.
-    assert current.kicked.add([run_id]) is False
+    # The mark is released: the next kick queues a drain of the set again.
+    assert current.kicked.add([run_id], settings.queued_ttl) is True
+    # The outage is recorded once for the deployment, and on the run.
+    with Session() as session:
+        down_since = session.scalar(text("SELECT down_since FROM sink_health"))
+        error = session.scalar(text("SELECT last_error FROM run_outbox"))
+    assert down_since is not None
+    assert "Redis unavailable" in error
 
 
 def test_a_rolled_back_transaction_kicks_nothing(

@@ -7,12 +7,12 @@ import uuid
 
 import pytest
 import redis
-from celery.exceptions import Retry
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import InvalidRunId, RunOutbox
 from tasks import app, dispatch, drain_run, drain_runs, runtime
-from tasks.streams import stream_key
+from tasks.redis_sink import stream_key
 from tests.helpers import db_state, seed, stream_seqs
 
 
@@ -34,7 +34,12 @@ def test_drain_run_returns_its_dict_via_delay_apply_and_a_direct_call(
     direct = drain_run(str(third))
 
     for run_id, result in ((first, via_delay), (second, via_apply), (third, direct)):
-        assert result == {"run_id": str(run_id), "status": "drained", "published": 2}
+        assert result == {
+            "run_id": str(run_id),
+            "status": "drained",
+            "published": 2,
+            "already_present": 0,
+        }
         assert stream_seqs(redis_client, prefix, run_id) == [1, 2]
 
 
@@ -44,6 +49,7 @@ def test_drain_run_reports_missing_for_an_unknown_run(outbox: runtime.Runtime) -
         "run_id": unknown,
         "status": "missing",
         "published": 0,
+        "already_present": 0,
     }
 
 
@@ -71,7 +77,7 @@ def test_a_drain_that_hits_its_batch_limit_continues_until_the_run_is_drained(
 
     # The first task publishes one batch and reports "more"; the drains it queued in turn
     # (run at once, since Celery is eager) publish the rest.
-    assert first == {"run_id": str(run_id), "status": "more", "published": 2}
+    assert first == {"run_id": str(run_id), "status": "more", "published": 2, "already_present": 0}
     assert stream_seqs(redis_client, current.settings.stream_prefix, run_id) == list(range(1, 8))
     assert db_state(Session, run_id) == (8, 7, 0)
 
@@ -93,25 +99,37 @@ def test_dispatch_queues_one_drain_per_pending_run_and_they_drain_everything(
     assert dispatch.delay().get() == {"found": 0, "enqueued": 0}
 
 
-def test_a_failing_drain_records_the_attempt_and_asks_celery_for_a_retry(
+def test_a_refused_drain_records_the_attempt_and_dispatch_retries_it_after_its_delay(
     Session: sessionmaker[Session],
     outbox: runtime.Runtime,
     redis_client: redis.Redis,
 ) -> None:
     [run_id] = seed(Session, events=2)
-    redis_client.set(stream_key(outbox.settings.stream_prefix, run_id), "not a stream")
+    key = stream_key(outbox.settings.stream_prefix, run_id)
+    redis_client.set(key, "not a stream")
 
-    # Eager Celery raises the Retry instead of scheduling it; a real worker runs it later
-    # (tests/e2e shows the run parked after its retries).
-    with pytest.raises(Retry, match="WRONGTYPE"):
-        drain_run.delay(str(run_id))
+    # No Celery retry: the attempt is counted in the database, with the time of the next one.
+    result = drain_run.delay(str(run_id)).get()
 
+    assert (result["status"], result["fault"]) == ("more", "refused")
+    assert "WRONGTYPE" in result["error"]
     with Session() as session:
         row = session.get_one(RunOutbox, run_id)
         assert (row.status, row.attempts) == ("active", 1)
+        assert row.retry_at is not None
+        delay = session.scalar(text("SELECT extract(epoch FROM retry_at - now()) FROM run_outbox"))
+    assert 0 <= float(delay) <= 1  # the first retry waits up to a second (full jitter)
     assert db_state(Session, run_id) == (1, 0, 2)
-    # The retry holds the run's queued mark, so dispatch will not queue a second drain.
-    assert outbox.queued.claim([run_id]) == []
+
+    # Dispatch leaves the run alone until its retry time, then queues it again.
+    redis_client.delete(key)
+    with Session() as session, session.begin():
+        session.execute(text("UPDATE run_outbox SET retry_at = now() + interval '1 hour'"))
+    assert dispatch.delay().get() == {"found": 0, "enqueued": 0}
+    with Session() as session, session.begin():
+        session.execute(text("UPDATE run_outbox SET retry_at = now() - interval '1 second'"))
+    assert dispatch.delay().get() == {"found": 1, "enqueued": 1}
+    assert stream_seqs(redis_client, outbox.settings.stream_prefix, run_id) == [1, 2]
 
 
 def test_drain_runs_drains_a_group_and_reports_its_statuses(
@@ -122,6 +140,11 @@ def test_drain_runs_drains_a_group_and_reports_its_statuses(
 
     result = drain_runs.delay([str(first), str(second), unknown]).get()
 
-    assert result == {"runs": 3, "published": 6, "statuses": {"drained": 2, "missing": 1}}
+    assert result == {
+        "runs": 3,
+        "published": 6,
+        "already_present": 0,
+        "statuses": {"drained": 2, "missing": 1},
+    }
     for run_id in (first, second):
         assert stream_seqs(redis_client, outbox.settings.stream_prefix, run_id) == [1, 2, 3]

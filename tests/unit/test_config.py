@@ -12,7 +12,7 @@ from models import ConfigError, InvalidRunId, parse_run_id
 from models.db import normalize_url
 from models.producer import max_payload_bytes
 from tasks import app, sql
-from tasks.drain import DrainResult, Status
+from tasks.drain import DrainResult, Fault, Status
 from tasks.settings import Settings
 
 
@@ -120,9 +120,19 @@ def test_the_drain_locks_with_skip_locked_and_takes_the_run_before_its_cursor() 
 
 def test_drain_results_have_the_json_form_the_tasks_return() -> None:
     run_id = uuid.uuid4()
-    assert DrainResult(run_id, Status.MORE, 3).as_dict() == {
+    assert DrainResult(run_id, Status.MORE, 3, 2).as_dict() == {
         "run_id": str(run_id),
         "status": "more",
         "published": 3,
+        "already_present": 2,
+    }
+    refused = DrainResult(run_id, Status.MORE, error="WRONGTYPE ...", fault=Fault.REFUSED)
+    assert refused.as_dict() | {"run_id": "-"} == {
+        "run_id": "-",
+        "status": "more",
+        "published": 0,
+        "already_present": 0,
+        "error": "WRONGTYPE ...",
+        "fault": "refused",
     }
     assert {s.value for s in Status} == {"drained", "more", "locked", "missing", "stalled"}
