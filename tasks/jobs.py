@@ -111,11 +111,13 @@ def drain_group(
 
 
 def _unavailable(worker: Worker, run_ids: Sequence[uuid.UUID], exc: Exception) -> Group:
+    fault = None
     if isinstance(exc, StoreUnavailable):
         worker.database.failed(exc)
     else:
         worker.gate.failed(str(exc))
-    results = [DrainResult(run_id, Status.MORE, error=str(exc)) for run_id in run_ids]
+        fault = Fault.OUTAGE
+    results = [DrainResult(run_id, Status.MORE, error=str(exc), fault=fault) for run_id in run_ids]
     return Group(results, str(exc))
 
 

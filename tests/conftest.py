@@ -32,6 +32,14 @@ def pytest_configure(config: pytest.Config) -> None:
             del os.environ[name]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test that reaches the servers, through any fixture, is marked `services`, so that
+    # `pytest -m "not services"` runs exactly the tests that need none.
+    for item in items:
+        if "service_urls" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.services)
+
+
 @pytest.fixture(scope="session")
 def service_urls() -> Iterator[services.Services]:
     try:

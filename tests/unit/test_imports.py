@@ -1,0 +1,44 @@
+"""The layers stay apart: checked in a fresh interpreter, where nothing is imported yet."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def loaded_after(statement: str) -> set[str]:
+    """The top-level packages a fresh interpreter has loaded after ``statement``."""
+    program = f"import sys\n{statement}\nimport json\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+    )
+    return {name.split(".")[0] for name in json.loads(done.stdout)}
+
+
+@pytest.mark.parametrize(
+    "statement", ["import tasks.drain", "import tasks.jobs", "import tasks.queueing"]
+)
+def test_the_drain_core_and_the_plain_layers_load_neither_celery_nor_redis(
+    statement: str,
+) -> None:
+    assert loaded_after(statement) & {"celery", "kombu", "redis"} == set()
+
+
+def test_the_producer_api_does_not_load_the_tasks_package() -> None:
+    assert "tasks" not in loaded_after("from models import append_event")
+
+
+def test_the_celery_app_is_still_found_where_celery_and_applications_look() -> None:
+    assert {"celery", "tasks"} <= loaded_after("from tasks import app; assert app.main")
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks", "report"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "loader   -> celery.loaders.app.AppLoader" in done.stdout
