@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before anything imports the project's Celery app: celeryconfig reads the environment.
     bench_env.export(env)
     from bench import context, history, latency, measure, memory, report, throughput
+    from tasks.testing.processes import ProcessExited
 
     sizes = context.QUICK if args.quick else context.FULL
     if args.per_row_seconds is not None:
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("interrupted; the bench's database and keys were removed")
         results["meta"]["incomplete"] = "interrupted"
         status = 130
-    except measure.BenchError as exc:
+    except (measure.BenchError, ProcessExited) as exc:  # a worker or beat that died is a failure
         logger.error("FAILED: %s", exc)
         results["meta"]["incomplete"] = f"failed: {exc}"
         status = 1
@@ -231,6 +232,8 @@ def _git() -> str:
 
 
 def _cpu_model() -> str:
+    # A label for the results, not a measurement: psutil reports no CPU model name, and
+    # platform.processor() is often just the architecture on Linux.
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

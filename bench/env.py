@@ -20,7 +20,7 @@ from psycopg import sql
 from sqlalchemy import URL
 
 from models import migrate
-from models.db import normalize_url
+from models.db import libpq_url, normalize_url
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class BenchEnv:
     @property
     def conninfo(self) -> str:
         """The bench database as a libpq URI, for plain psycopg."""
-        return libpq(self.database_url)
+        return libpq_url(self.database_url)
 
     @property
     def stream_prefix(self) -> str:
@@ -93,13 +93,6 @@ class BenchEnv:
     def stream_key(self, run_id: uuid.UUID) -> str:
         """The Redis key of a run's stream (the project's naming: ``<prefix><run_id>``)."""
         return f"{self.stream_prefix}{run_id}"
-
-
-def libpq(url: URL, database: str | None = None) -> str:
-    """Return ``url`` (or the same server's ``database``) as a libpq URI."""
-    if database is not None:
-        url = url.set(database=database)
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def new_env(admin_url: str = DEFAULT_ADMIN_URL, redis_url: str = DEFAULT_REDIS_URL) -> BenchEnv:
@@ -139,7 +132,7 @@ def drop_database(env: BenchEnv) -> None:
     name = env.database
     if not name.startswith(DATABASE_PREFIX):  # never drop what the bench did not create
         raise RuntimeError(f"refusing to drop {name!r}")
-    with psycopg.connect(libpq(env.admin_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(env.admin_url), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )

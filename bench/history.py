@@ -172,7 +172,7 @@ def _repetition(
     start = time.perf_counter()
     drained = tasks.drain_outbox_once(
         session_factory=in_process.session_factory,
-        sink=in_process.publisher,
+        publisher=in_process.publisher,
         settings=in_process.settings,
     )
     drain_s = time.perf_counter() - start

@@ -1,6 +1,7 @@
-"""Timing and machine readings: CPU idle from /proc/stat, process RSS, the "all published" poll.
+"""Timing and machine readings: machine CPU idle, process CPU and RSS, the "all published" poll.
 
-Linux only (the bench reads /proc), which is where the project's workers run.
+CPU times and memory come from psutil. Only a process's peak RSS (VmHWM) is read from
+/proc, which psutil does not report; elsewhere than Linux it reads as 0.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 
 # Partial-index probe (ix_run_events_pending): as cheap with millions of published events as
@@ -32,22 +34,24 @@ class BenchError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class CpuTimes:
-    """Jiffies from the first line of /proc/stat: idle (idle + iowait) and total."""
+    """The machine's CPU seconds over all cores so far: idle (idle + iowait) and total."""
 
-    idle: int
-    total: int
+    idle: float
+    total: float
 
     @classmethod
     def now(cls) -> CpuTimes:
         """Read the machine's CPU counters."""
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        # user nice system idle iowait irq softirq steal (guest time is inside user already)
-        return cls(idle=fields[3] + fields[4], total=sum(fields[:8]))
+        times = psutil.cpu_times()
+        # iowait is idle time too; guest time is inside user (and guest_nice inside nice)
+        # already, so the total leaves them out, as psutil's own cpu_percent() does.
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+        return cls(idle=idle, total=total)
 
     def busy_seconds_since(self, earlier: CpuTimes) -> float:
         """CPU seconds (all cores) spent busy between ``earlier`` and this."""
-        busy = (self.total - earlier.total) - (self.idle - earlier.idle)
-        return busy / os.sysconf("SC_CLK_TCK")
+        return (self.total - earlier.total) - (self.idle - earlier.idle)
 
     def idle_since(self, earlier: CpuTimes) -> float:
         """Percentage of CPU time (all cores) that was idle between ``earlier`` and this."""
@@ -201,30 +205,42 @@ def wait_event(event: Any, parent: int, timeout: float | None = None) -> bool:
     return True
 
 
-def rss_kib(pid: int) -> tuple[int, int]:
-    """Return (VmRSS, VmHWM) of ``pid`` in KiB, or (0, 0) once it is gone."""
-    values = {"VmRSS:": 0, "VmHWM:": 0}
+def rss_kib(pid: int) -> int:
+    """Return the resident set size of ``pid`` in KiB, or 0 once it is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if f"{key}:" in values:
-                values[f"{key}:"] = int(rest.split()[0])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return values["VmRSS:"], values["VmHWM:"]
+        return int(psutil.Process(pid).memory_info().rss) // 1024
+    except psutil.NoSuchProcess:
+        return 0
+
+
+def peak_rss_kib(pid: int) -> int:
+    """Return the peak resident set size (VmHWM) of ``pid`` in KiB, or 0 if unknown or gone."""
+    # psutil has no peak RSS for another process on Linux: memory_info() and
+    # memory_full_info() carry rss, vms, shared, uss, pss and swap but not the kernel's
+    # high-water mark, and getrusage() covers only this process and its reaped children.
+    # So this one figure is read from /proc/<pid>/status, as the kernel keeps it.
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # gone, or no /proc on this system
+        return 0
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key == "VmHWM":
+            return int(value.split()[0])  # "VmHWM:   123456 kB"
+    return 0
 
 
 def cpu_seconds(pids: list[int]) -> float:
     """Return the CPU time (user + system) the live processes ``pids`` have used so far."""
-    total = 0
+    total = 0.0
     for pid in pids:
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:  # gone meanwhile (ZombieProcess is one of these too)
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / os.sysconf("SC_CLK_TCK")
+        # The process's own time: not children_user/children_system, its reaped children's.
+        total += times.user + times.system
+    return total
 
 
 def tree(pid: int) -> list[int]:
@@ -234,19 +250,10 @@ def tree(pid: int) -> list[int]:
 
 def children(pid: int) -> list[int]:
     """Return the pids whose parent is ``pid``."""
-    found: list[int] = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        # The command name (field 2) is in parentheses and may contain spaces: split after it.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
-            found.append(int(entry.name))
-    return sorted(found)
+    try:
+        return sorted(child.pid for child in psutil.Process(pid).children())
+    except psutil.NoSuchProcess:
+        return []
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -13,13 +13,9 @@ first dispatch goes out the moment the clock starts instead of up to an interval
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,93 +30,36 @@ from bench import measure, seed
 from models.db import make_engine
 from tasks import redis_sink
 from tasks.settings import Settings
+from tasks.testing import processes
+from tasks.testing.processes import CeleryProcess
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
 DISPATCH_INTERVAL = 1.0
 # What beat attaches to each dispatch (celeryconfig.beat_schedule): a stale one is dropped.
 DISPATCH_EXPIRES = max(DISPATCH_INTERVAL * 5, 5.0)
-
-
-class CeleryProcess:
-    """One ``celery -A tasks ...`` subprocess in its own process group, logging to a file."""
-
-    def __init__(self, name: str, args: list[str], environ: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tasks", *args],
-                cwd=REPO,
-                env=environ,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group: stop() reaches the pool children too
-            )
-
-    @property
-    def pid(self) -> int:
-        """The main process's pid (the prefork parent, for a worker)."""
-        return self.proc.pid
-
-    def tail(self, lines: int = 40) -> str:
-        """The last lines of the process's log."""
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
-
-    def check(self) -> None:
-        """Raise BenchError if the process has exited."""
-        if self.proc.poll() is not None:
-            raise measure.BenchError(
-                f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}"
-            )
-
-    def stop(self, timeout: float = 30) -> None:
-        """Warm shutdown (SIGTERM to the group), then SIGKILL whatever is left."""
-        if self.proc.poll() is None:
-            _signal_group(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
-        # Pool children may outlive a parent that was killed: the group signal reaches them.
-        _signal_group(self.proc.pid, signal.SIGKILL)
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=10)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
-        os.killpg(pgid, sig)
 
 
 def start_worker(
     env: bench_env.BenchEnv, workdir: Path, concurrency: int, tag: str
 ) -> CeleryProcess:
     """Start a prefork worker with ``concurrency`` processes on the bench queue."""
-    args = [
-        "worker",
-        "--pool=prefork",
-        f"--concurrency={concurrency}",
-        f"--queues={env.queue}",
+    args = processes.worker_args(
+        env.queue,
         # Under the bench prefix, so any key named after the node is cleaned up with the rest.
-        f"--hostname={env.key_prefix}{tag}@%h",
-        "--without-mingle",
-        "--without-gossip",
-        "--loglevel=WARNING",
-    ]
+        hostname=f"{env.key_prefix}{tag}@%h",
+        concurrency=concurrency,
+        loglevel="WARNING",
+    )
     environ = os.environ | env.variables()
-    return CeleryProcess(f"worker {tag}", args, environ, workdir / f"worker-{tag}.log")
+    return CeleryProcess(f"worker {tag}", args, env=environ, log=workdir / f"worker-{tag}.log")
 
 
 def start_beat(env: bench_env.BenchEnv, workdir: Path, interval: float, tag: str) -> CeleryProcess:
     """Start beat sending ``outbox.dispatch`` every ``interval`` seconds to the bench queue."""
-    args = ["beat", f"--schedule={workdir / f'beat-{tag}.schedule'}", "--loglevel=INFO"]
+    args = processes.beat_args(workdir / f"beat-{tag}.schedule")
     environ = os.environ | env.variables(dispatch_interval=interval)
-    return CeleryProcess(f"beat {tag}", args, environ, workdir / f"beat-{tag}.log")
+    return CeleryProcess(f"beat {tag}", args, env=environ, log=workdir / f"beat-{tag}.log")
 
 
 def send_dispatch(env: bench_env.BenchEnv) -> None:

@@ -44,6 +44,17 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
+def libpq_url(url: URL, database: str | None = None) -> str:
+    """Return ``url`` (or another ``database`` on the same server) as a libpq URI for psycopg.
+
+    The password is kept: the URI is for connecting, never for logging.
+    """
+    if database is not None:
+        url = url.set(database=database)
+    # libpq knows the scheme postgresql:// only, not SQLAlchemy's postgresql+psycopg://.
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def _json_dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 

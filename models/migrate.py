@@ -11,15 +11,9 @@ from psycopg import sql
 from sqlalchemy import URL
 
 from models import errors
-from models.db import database_url, normalize_url
+from models.db import database_url, libpq_url, normalize_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-
-
-def _libpq_uri(url: URL, database: str | None = None) -> str:
-    if database is not None:
-        url = url.set(database=database)
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def ensure_database(url: URL) -> bool:
@@ -29,7 +23,7 @@ def ensure_database(url: URL) -> bool:
         raise errors.ConfigError("the database URL names no database")
     target = url.render_as_string(hide_password=True)
     try:
-        with psycopg.connect(_libpq_uri(url, "postgres"), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(url, "postgres"), autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                 return False
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

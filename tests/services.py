@@ -19,7 +19,7 @@ import redis
 from psycopg import sql
 from sqlalchemy import URL, make_url
 
-from models.db import normalize_url
+from models.db import libpq_url, normalize_url
 from models.migrate import upgrade
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -84,18 +84,11 @@ def provide() -> Iterator[Services]:
 def check(services: Services) -> None:
     """Fail with one clear message unless both servers answer."""
     try:
-        with psycopg.connect(libpq(services.admin_url), connect_timeout=5) as conn:
+        with psycopg.connect(libpq_url(services.admin_url), connect_timeout=5) as conn:
             conn.execute("SELECT 1")
         redis.Redis.from_url(services.redis_url, socket_timeout=5).ping()
     except (psycopg.Error, redis.RedisError) as exc:
         raise ServicesUnavailable(f"{HOW_TO_PROVIDE} ({exc})") from exc
-
-
-def libpq(url: URL, database: str | None = None) -> str:
-    """Return ``url`` (or the same server's ``database``) as a libpq URI."""
-    if database is not None:
-        url = url.set(database=database)
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def unique_name(kind: str) -> str:
@@ -118,7 +111,7 @@ def create_database(admin_url: URL, template: str | None = None) -> URL:
         query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
             sql.Identifier(name), sql.Identifier(template)
         )
-    with psycopg.connect(libpq(admin_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
         conn.execute(query)
     return admin_url.set(database=name)
 
@@ -126,7 +119,7 @@ def create_database(admin_url: URL, template: str | None = None) -> URL:
 def drop_database(admin_url: URL, name: str) -> None:
     """Drop a database this suite created, closing whatever is still connected to it."""
     assert name.startswith("outbox_test_"), name  # never drop what we did not create
-    with psycopg.connect(libpq(admin_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )

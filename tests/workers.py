@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +12,9 @@ import pytest
 import redis
 
 from tasks.settings import Settings
+from tasks.testing import processes
+from tasks.testing.processes import CeleryProcess
 from tests import services
-from tests.helpers import wait_until
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class CeleryProcesses:
@@ -34,75 +32,54 @@ class CeleryProcesses:
             "CELERY_BROKER_URL": settings.redis_url,
             "CELERY_TASK_DEFAULT_QUEUE": queue,
         }
-        self._procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self._procs: list[CeleryProcess] = []
 
-    def _start(self, name: str, args: list[str], ready: str, env: dict[str, str]) -> Path:
+    def _start(self, name: str, args: list[str], ready: str, env: dict[str, str]) -> CeleryProcess:
         log = self.workdir / f"{name}-{len(self._procs)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tasks", *args],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() reaches pool children
-            )
-        self._procs.append((proc, log))
+        process = CeleryProcess(name, args, env=env, log=log)
+        self._procs.append(process)  # before waiting: stop() covers one that never got ready
+        process.wait_ready(ready, timeout=60)
+        return process
 
-        def started() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n{log.read_text()}")
-            return ready in log.read_text()
+    def start_worker(self, concurrency: int = 2, **env: str) -> CeleryProcess:
+        """Start a prefork worker consuming this test's queue; return it once it is ready."""
+        hostname = f"{self.queue}-{len(self._procs)}@%h"
+        args = processes.worker_args(self.queue, hostname, concurrency)
+        return self._start("worker", args, processes.WORKER_READY, self.env | env)
 
-        wait_until(started, timeout=60, what=f"{name} to start ({log})")
-        return log
-
-    def start_worker(self, concurrency: int = 2, **env: str) -> Path:
-        """Start a prefork worker consuming this test's queue; return its log file."""
-        args = [
-            "worker",
-            "--pool=prefork",
-            f"--concurrency={concurrency}",
-            f"--queues={self.queue}",
-            f"--hostname={self.queue}-{len(self._procs)}@%h",
-            "--without-mingle",
-            "--without-gossip",
-            "--loglevel=INFO",
-        ]
-        return self._start("worker", args, " ready.", self.env | env)
-
-    def start_beat(self, interval: float, **env: str) -> Path:
-        """Start beat with dispatch every ``interval`` seconds; return its log file."""
-        args = ["beat", f"--schedule={self.workdir / 'beat-schedule'}", "--loglevel=INFO"]
+    def start_beat(self, interval: float, **env: str) -> CeleryProcess:
+        """Start beat with dispatch every ``interval`` seconds; return it once it is ready."""
+        args = processes.beat_args(self.workdir / "beat-schedule")
         env = self.env | {"OUTBOX_DISPATCH_INTERVAL": str(interval)} | env
-        return self._start("beat", args, "beat: Starting", env)
+        return self._start("beat", args, processes.BEAT_READY, env)
 
     def call(self, task: str, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``celery -A tasks call TASK --args '[...]'`` the way an operator would."""
-        import json
-
-        command = [sys.executable, "-m", "celery", "-A", "tasks", "call", task]
+        command = processes.celery_command("call", task)
         if args:
             command += ["--args", json.dumps(list(args))]
         return subprocess.run(
-            command, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=60, check=True
+            command,
+            cwd=processes.PROJECT_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
 
     def logs(self) -> str:
         """Return everything the processes logged so far."""
-        return "\n".join(log.read_text() for _, log in self._procs)
+        return "\n".join(process.read_log() for process in self._procs)
 
     def stop(self) -> None:
         """Stop every process: warm shutdown first, then kill what is left."""
-        for proc, _ in self._procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc, _ in self._procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        # SIGTERM to all first, so that they shut down side by side rather than in turn.
+        for process in self._procs:
+            if process.alive():
+                process.terminate()
+        for process in self._procs:
+            process.stop()
         self._procs.clear()
 
 
@@ -111,10 +88,10 @@ def celery_processes(
     settings: Settings, key_space: str, tmp_path: Path, redis_client: redis.Redis
 ) -> Iterator[CeleryProcesses]:
     queue = f"{key_space}queue"
-    processes = CeleryProcesses(settings, queue, tmp_path)
+    supervisor = CeleryProcesses(settings, queue, tmp_path)
     try:
-        yield processes
+        yield supervisor
     finally:
-        processes.stop()
+        supervisor.stop()
         redis_client.delete(f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
         services.delete_keys(redis_client, f"{key_space}*")

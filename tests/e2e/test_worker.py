@@ -65,8 +65,8 @@ def test_seeding_and_draining_by_hand_while_worker_and_beat_run_never_crashes_or
     # The original failure: a background drainer (here a real worker fed by beat every 0.1 s)
     # consumed rows a test had just seeded, and the test's own drain then crashed.
     celery_processes.start_worker(concurrency=2)
-    beat_log = celery_processes.start_beat(interval=0.1)
-    wait_until(lambda: "outbox.dispatch" in beat_log.read_text(), 30, "beat's first dispatch")
+    beat = celery_processes.start_beat(interval=0.1)
+    wait_until(lambda: "outbox.dispatch" in beat.log.read_text(), 30, "beat's first dispatch")
     statuses: set[Status] = set()
 
     for _ in range(15):
