@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -41,10 +41,16 @@ class CeleryProcesses:
         process.wait_ready(ready, timeout=60)
         return process
 
-    def start_worker(self, concurrency: int = 2, **env: str) -> CeleryProcess:
-        """Start a prefork worker consuming this test's queue; return it once it is ready."""
+    def start_worker(
+        self, concurrency: int = 2, options: Sequence[str] = (), **env: str
+    ) -> CeleryProcess:
+        """Start a prefork worker consuming this test's queue; return it once it is ready.
+
+        ``options`` are more command-line options of ``celery worker``; ``env`` overrides the
+        environment (``OUTBOX_REDIS_URL=...``).
+        """
         hostname = f"{self.queue}-{len(self._procs)}@%h"
-        args = processes.worker_args(self.queue, hostname, concurrency)
+        args = [*processes.worker_args(self.queue, hostname, concurrency), *options]
         return self._start("worker", args, processes.WORKER_READY, self.env | env)
 
     def start_beat(self, interval: float, **env: str) -> CeleryProcess:

@@ -1,0 +1,165 @@
+"""Fault paths end to end: real workers and beat against a sink that goes away, a worker killed
+while it holds drains, a kicked drain cut short by its time limit."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from click.testing import CliRunner
+from sqlalchemy import URL
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.db import libpq_url
+from tasks import app, runtime
+from tasks.cli import main
+from tasks.outbox import kick
+from tasks.settings import Settings
+from tests.helpers import append, db_state, seed, stream_seqs, wait_until
+from tests.servers import RedisServer, redis_server
+from tests.workers import CeleryProcesses
+
+
+@pytest.fixture
+def sink_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """The sink's Redis, ours to stop and start; it keeps its data across a restart (AOF)."""
+    with redis_server(tmp_path, "--appendonly", "yes", "--appendfsync", "always") as server:
+        yield server
+
+
+def drained(Session: sessionmaker[Session], runs: list[uuid.UUID], events: int) -> bool:
+    return all(db_state(Session, r) == (events + 1, events, 0) for r in runs)
+
+
+def test_a_sink_outage_logs_once_when_it_starts_once_per_check_and_once_when_it_ends(
+    Session: sessionmaker[Session],
+    settings: Settings,
+    sink_server: RedisServer,
+    celery_processes: CeleryProcesses,
+) -> None:
+    runs = seed(Session, runs=3, events=2)
+    celery_processes.start_worker(OUTBOX_REDIS_URL=sink_server.url)
+    celery_processes.start_beat(interval=0.2)
+    wait_until(lambda: drained(Session, runs, 2), 30, "the first events to be drained")
+
+    sink_server.stop()
+    for run_id in runs:
+        append(Session, run_id, 2)
+    wait_until(lambda: "(check 3;" in celery_processes.logs(), 60, "three checks of the sink")
+
+    logs = celery_processes.logs()
+    assert logs.count("sink unavailable, drains wait for it") == 1
+    checks = re.findall(r"sink still unavailable since \S+ \(check (\d+); next in (\d+)s\)", logs)
+    assert checks == [("1", "2"), ("2", "4"), ("3", "8")]  # one line per back-off step
+    assert "Traceback" not in logs
+    # `outbox status` says so, and shows the error on the waiting runs.
+    runtime.configure(
+        Settings.from_env(
+            {
+                "OUTBOX_DATABASE_URL": settings.database_url.render_as_string(False),
+                "OUTBOX_REDIS_URL": sink_server.url,
+            }
+        )
+    )
+    status = CliRunner().invoke(main, ["status"])
+    assert re.search(r"sink unavailable since \S+: Redis unavailable", status.output), status.output
+    assert status.output.count("Redis unavailable") >= 1 + len(runs)
+
+    sink_server.start()
+    wait_until(lambda: drained(Session, runs, 4), 60, "the runs to be drained after the outage")
+    wait_until(lambda: "sink available again after" in celery_processes.logs(), 10, "the end")
+    logs = celery_processes.logs()
+    assert logs.count("sink available again after") == 1
+    assert "Traceback" not in logs
+    client = sink_server.client()
+    for run_id in runs:
+        assert stream_seqs(client, settings.stream_prefix, run_id) == [1, 2, 3, 4]
+
+
+@pytest.fixture
+def runs_table_locked(db_url: URL) -> Iterator[psycopg.Connection]:
+    """A connection that will hold ``runs`` locked: any drain blocks on its first statement."""
+    with psycopg.connect(libpq_url(db_url)) as conn:
+        yield conn
+        conn.rollback()
+
+
+def test_runs_whose_drains_a_killed_worker_held_unstarted_are_drained_within_a_minute(
+    Session: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    celery_processes: CeleryProcesses,
+    runs_table_locked: psycopg.Connection,
+) -> None:
+    runs = seed(Session, runs=6, events=3)
+    # One pool process that prefetches 4 drains: it starts one and holds 3 unstarted.
+    doomed = celery_processes.start_worker(
+        concurrency=1, options=["--prefetch-multiplier=4"], OUTBOX_GROUP_SIZE="1"
+    )
+    runs_table_locked.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+    celery_processes.call("outbox.dispatch")  # queues 6 drains of one run each, marks set
+    queue = celery_processes.queue
+    wait_until(lambda: redis_client.llen(queue) == 2, 30, "the worker to take 4 drains")
+    wait_until(lambda: blocked_drains(runs_table_locked) == 1, 30, "one drain to start")
+
+    doomed.signal(signal.SIGKILL)  # the parent: its 3 reserved drains are lost with it
+    doomed.stop()
+    runs_table_locked.rollback()
+    started = time.monotonic()
+    celery_processes.start_worker(OUTBOX_GROUP_SIZE="1")
+    celery_processes.start_beat(interval=0.5)
+    wait_until(lambda: drained(Session, runs, 3), 60, "every run to be drained")
+    took = time.monotonic() - started
+
+    # The unstarted drains' marks expire after OUTBOX_QUEUED_TTL (30 s); dispatch requeues them.
+    assert took < 60, took
+    for run_id in runs:
+        assert stream_seqs(redis_client, settings.stream_prefix, run_id) == [1, 2, 3]
+    print(f"lost drains were drained again {took:.1f}s after the worker was killed")
+
+
+def blocked_drains(conn: psycopg.Connection) -> int:
+    """Sessions of the test database waiting for a lock (the drains stuck behind ours)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_kicked_drain_cut_short_by_its_time_limit_leaves_the_next_kick_free_to_drain(
+    Session: sessionmaker[Session],
+    settings: Settings,
+    redis_client: redis.Redis,
+    broker_queue: str,
+    celery_processes: CeleryProcesses,
+    runs_table_locked: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = seed(Session, runs=2, events=0)
+    # A task's time limits travel in its message, from the sender's configuration.
+    monkeypatch.setitem(app.conf, "task_soft_time_limit", 2)
+    monkeypatch.setitem(app.conf, "task_time_limit", 20)
+    celery_processes.start_worker(concurrency=1)
+    assert app.conf.task_default_queue == celery_processes.queue == broker_queue
+    append(Session, first, 2)
+    runs_table_locked.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+    kick([first])  # as its producer's commit did: the kicked drain blocks behind the lock
+    wait_until(lambda: "SoftTimeLimitExceeded" in celery_processes.logs(), 30, "the time limit")
+    runs_table_locked.rollback()
+
+    append(Session, second, 1)
+    kick([second])  # the mark was released: this kick queues a new drain
+
+    wait_until(lambda: drained(Session, [second], 1), 30, "the second kick's drain")
+    wait_until(lambda: drained(Session, [first], 2), 30, "the run put back to be drained")
+    logs = celery_processes.logs()
+    assert logs.count("Task outbox.drain_kicked[") >= 2
+    assert stream_seqs(redis_client, settings.stream_prefix, first) == [1, 2]
