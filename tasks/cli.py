@@ -1,57 +1,145 @@
 """The ``outbox`` command: schema, producing, draining, inspecting, and a demo.
 
 Every command talks to the servers named by the environment (see the README's configuration
-table). Bad input exits with status 2, a failed operation with status 1, each with a message
-that says what to do.
+table). Exit status: 0 on success, 1 when an operation failed (a drain that could not publish
+or parked a run included), 2 on bad input. A failure is one line on stderr that says what to
+do, never a traceback: ``OutboxGroup`` turns every exception into that line in one place,
+``_failure``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import time
+import urllib.parse
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from typing import IO, Any
 
+import alembic.util
 import click
+import psycopg.errors
 import redis
 import sqlalchemy.exc
 from sqlalchemy import select
 
-from models import Run, append_event, create_run, errors, migrate
+from models import Run, RunOutbox, append_event, create_run, errors, migrate
 from models.ids import parse_run_id
-from tasks import api, drain, redis_sink, runtime, sql
-from tasks.errors import PublishError
+from tasks import api, redis_sink, runtime, sql
+from tasks.drain import DrainResult, Status
+from tasks.errors import PublishError, SinkUnavailable, StoreUnavailable
 from tasks.runtime import Runtime
+
+FAILED, BAD_INPUT = 1, 2  # exit statuses (0 is success)
+MAX_MESSAGE_CHARS = 500  # an error line never echoes a huge input or server answer
+MAX_IDS_SHOWN = 3  # run ids named in one message
+MAX_BIGINT = 2**63 - 1  # PostgreSQL's largest bigint: no seq or count is larger
+
+
+class BadInput(click.ClickException):
+    """Bad input: exit status 2, one line, without the usage text."""
+
+    exit_code = BAD_INPUT
+
+
+def _line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` on one line (runs of whitespace become one space), cut to ``limit``."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else f"{line[: limit - 3]}..."
+
+
+def _sentence(text: str) -> str:
+    return text if text.endswith((".", "?", "!")) else f"{text}."
+
+
+def _redis_url() -> str:
+    """OUTBOX_REDIS_URL with its password hidden."""
+    parts = urllib.parse.urlsplit(runtime.current().settings.redis_url)
+    user, at, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}:***@{host}" if at and ":" in user else parts.netloc
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    hidden = [(k, "***" if k.lower() == "password" else v) for k, v in query]
+    return parts._replace(netloc=netloc, query=urllib.parse.urlencode(hidden, safe="*")).geturl()
+
+
+def _database_url() -> str:
+    return runtime.current().settings.database_url.render_as_string(hide_password=True)
+
+
+def _sink_down(detail: str, *, unreachable: bool = False) -> tuple[str, int]:
+    state = "unreachable" if unreachable else "unavailable"
+    message = (
+        f"Redis at {_redis_url()} is {state}: {_sentence(detail)} "
+        "Check that it is running and that OUTBOX_REDIS_URL is right."
+    )
+    return message, FAILED
+
+
+def _database_down(detail: str) -> tuple[str, int]:
+    message = (
+        f"PostgreSQL at {_database_url()} failed: {_sentence(detail.strip())} Check that the "
+        "server is running and that OUTBOX_DATABASE_URL is right, then run `outbox db upgrade`."
+    )
+    return message, FAILED
+
+
+def _failure(exc: Exception) -> tuple[str, int]:
+    """The message and exit status that stand for ``exc``, an error inside a verb."""
+    if isinstance(exc, click.UsageError):
+        hint = f" See '{exc.ctx.command_path} --help'." if exc.ctx is not None else ""
+        return _sentence(exc.format_message()) + hint, BAD_INPUT
+    if isinstance(exc, click.ClickException):
+        return exc.format_message(), exc.exit_code
+    if isinstance(exc, (errors.InvalidRunId, errors.InvalidPayload)):
+        return str(exc), BAD_INPUT
+    if isinstance(exc, SinkUnavailable):
+        return _sink_down(str(exc).removeprefix("Redis unavailable: "))
+    if isinstance(exc, redis.RedisError):
+        if redis_sink.is_outage(exc):
+            unreachable = isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+            return _sink_down(str(exc), unreachable=unreachable)
+        return f"Redis at {_redis_url()} refused a command: {exc}", FAILED
+    if isinstance(exc, StoreUnavailable):
+        return _database_down(str(exc).removeprefix("PostgreSQL unavailable: "))
+    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        return _database_down(str(exc.orig))
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if isinstance(exc.orig, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)):
+            return (
+                "the outbox schema here is missing or out of date: run `outbox db upgrade`",
+                FAILED,
+            )
+        return f"PostgreSQL refused a statement: {exc.orig}", FAILED
+    if isinstance(exc, alembic.util.CommandError):
+        return f"migrating the schema failed: {exc}", FAILED
+    if isinstance(exc, errors.OutboxError):  # UnknownRun, RunExists, PublishError, ConfigError
+        return str(exc), FAILED
+    return f"unexpected {type(exc).__name__}: {exc} (a bug in outbox: please report it)", FAILED
 
 
 class OutboxGroup(click.Group):
-    """Turns the project's and the servers' errors into one-line messages and exit codes."""
+    """Runs a verb; whatever goes wrong inside it ends as one line and an exit status."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (errors.InvalidRunId, errors.InvalidPayload) as exc:
-            raise click.UsageError(str(exc), ctx) from exc
-        except errors.OutboxError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except sqlalchemy.exc.ProgrammingError as exc:
-            if "does not exist" in str(exc.orig):
-                raise click.ClickException(
-                    "the outbox tables do not exist in this database: run `outbox db upgrade`"
-                ) from exc
-            raise
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
-            url = runtime.current().settings.database_url.render_as_string(hide_password=True)
-            raise click.ClickException(
-                f"PostgreSQL at {url} failed: {str(exc.orig).strip()}\n"
-                "Check that the server runs and OUTBOX_DATABASE_URL is right, "
-                "then run `outbox db upgrade`."
-            ) from exc
-        except redis.RedisError as exc:
-            raise click.ClickException(
-                f"Redis failed: {exc}. Check that it runs and OUTBOX_REDIS_URL is right."
-            ) from exc
+        except (click.exceptions.NoArgsIsHelpError, click.exceptions.Exit, click.Abort):
+            raise  # help asked for, an exit, Ctrl-C: click's own handling
+        except (BrokenPipeError, EOFError):
+            raise  # `outbox tail ... | head`, end of input: click's own handling too
+        except Exception as exc:
+            message, code = _failure(exc)
+            raise (BadInput if code == BAD_INPUT else click.ClickException)(_line(message)) from exc
+
+
+def _current() -> Runtime:
+    """This process's runtime, built from the environment on first use."""
+    try:
+        return runtime.current()
+    except ValueError as exc:  # what redis-py says of a malformed URL
+        raise errors.ConfigError(f"OUTBOX_REDIS_URL is not a valid Redis URL: {exc}") from exc
 
 
 def _run_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> uuid.UUID | None:
@@ -63,13 +151,31 @@ def _run_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc)) from exc
 
 
-def _ensure_run(current: Runtime, run_id: uuid.UUID) -> None:
+def _run_ids(
+    ctx: click.Context, param: click.Parameter, values: Sequence[str]
+) -> tuple[uuid.UUID, ...]:
+    ids = (_run_id(ctx, param, value) for value in values)
+    return tuple(dict.fromkeys(run_id for run_id in ids if run_id is not None))
+
+
+def _statuses(current: Runtime, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Each run's outbox status; UnknownRun naming (a few of) the runs that do not exist."""
+    query = select(RunOutbox.run_id, RunOutbox.status).where(RunOutbox.run_id.in_(run_ids))
     with current.session_factory() as session:
-        if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
-            raise errors.UnknownRun(f"no run with id {run_id}")
+        found: dict[uuid.UUID, str] = {row.run_id: row.status for row in session.execute(query)}
+    unknown = [str(run_id) for run_id in run_ids if run_id not in found]
+    if len(unknown) == 1:
+        raise errors.UnknownRun(f"no run with id {unknown[0]}")
+    if unknown:
+        shown = ", ".join(unknown[:MAX_IDS_SHOWN])
+        more = len(unknown) - MAX_IDS_SHOWN
+        raise errors.UnknownRun(
+            f"no runs with ids {shown}" + (f" and {more} more" if more > 0 else "")
+        )
+    return found
 
 
-@click.group(cls=OutboxGroup)
+@click.group(cls=OutboxGroup, name="outbox")
 def main() -> None:
     """Transactional outbox publisher: PostgreSQL outbox to Redis Streams."""
 
@@ -82,35 +188,64 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Create the database if it is missing, then apply every migration."""
-    settings = runtime.current().settings
-    url = settings.database_url.render_as_string(hide_password=True)
+    settings = _current().settings
     if migrate.upgrade(settings.database_url):
         click.echo(f"created database {settings.database_url.database!r}")
-    click.echo(f"schema up to date at {url}")
+    click.echo(f"schema up to date at {_database_url()}")
 
 
 @main.command("create-run")
 @click.argument("run_id", required=False, callback=_run_id)
 def create_run_command(run_id: uuid.UUID | None) -> None:
     """Create a run (a new UUID unless RUN_ID is given) and print its id."""
-    current = runtime.current()
+    current = _current()
     with current.session_factory() as session, session.begin():
         run = create_run(session, run_id)
     click.echo(str(run.id))
 
 
+def _payload(text: str | None, file: IO[bytes] | None) -> object:
+    """The payload given as --payload TEXT or --payload-file PATH (default ``{}``), parsed."""
+    if text is not None and file is not None:
+        raise click.UsageError("give --payload or --payload-file, not both")
+    option = "'--payload-file'" if file is not None else "'--payload'"
+    try:
+        if file is not None:
+            text = file.read().decode("utf-8")
+        return json.loads("{}" if text is None else text)
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(
+            f"not UTF-8 text ({exc.reason} at byte {exc.start})", param_hint=option
+        ) from exc
+    except RecursionError as exc:
+        raise click.BadParameter("JSON nested too deeply to read", param_hint=option) from exc
+    except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=option) from exc
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read it: {exc.strerror}", param_hint=option) from exc
+
+
 @main.command()
 @click.argument("run_id", callback=_run_id)
 @click.argument("event_type", metavar="TYPE")
-@click.option("--payload", default="{}", show_default=True, help="The event's payload, as JSON.")
+@click.option("--payload", metavar="JSON", help="The event's payload (default: {}).")
+@click.option(
+    "--payload-file",
+    type=click.File("rb"),
+    metavar="PATH",
+    help="Read the payload from this file (- for standard input) instead.",
+)
 @click.option("--create", is_flag=True, help="Create the run first if it does not exist.")
-def emit(run_id: uuid.UUID, event_type: str, payload: str, create: bool) -> None:
+def emit(
+    run_id: uuid.UUID,
+    event_type: str,
+    payload: str | None,
+    payload_file: IO[bytes] | None,
+    create: bool,
+) -> None:
     """Append an event of TYPE to RUN_ID's outbox and print its seq."""
-    try:
-        value = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from exc
-    current = runtime.current()
+    value = _payload(payload, payload_file)
+    current = _current()
     with current.session_factory() as session, session.begin():
         if create and session.get(Run, run_id) is None:
             create_run(session, run_id)
@@ -118,35 +253,67 @@ def emit(run_id: uuid.UUID, event_type: str, payload: str, create: bool) -> None
     click.echo(f"{run_id} seq {event.seq}")
 
 
+def _parked(result: DrainResult) -> str:
+    why = f": {result.error}" if result.error else "; see `outbox status` for why"
+    return (
+        f"run {result.run_id} is parked (stalled){why}. "
+        f"Fix the cause, then run `outbox resume {result.run_id}`."
+    )
+
+
 @main.command("drain")
 @click.argument("run_id", required=False, callback=_run_id)
 @click.option("--all", "all_runs", is_flag=True, help="Drain every run with pending events.")
 def drain_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
-    """Drain RUN_ID (or --all) now, in this process: no worker needed."""
-    if (run_id is None) == (not all_runs):
+    """Drain RUN_ID (or --all) now, in this process: no worker needed.
+
+    Prints the result as JSON; exits with 1 if a run could not be published or was parked.
+    """
+    if run_id is not None and all_runs:
+        raise click.UsageError("give either a RUN_ID or --all, not both")
+    if run_id is None and not all_runs:
         raise click.UsageError("give either a RUN_ID or --all")
-    report: dict[str, Any]
-    if run_id is not None:
-        try:
-            report = api.drain_outbox_for_run(run_id).as_dict()
-        except PublishError as exc:
+    _current()  # settings first: a malformed one is reported before anything runs
+    if run_id is None:
+        passed = api.drain_outbox_once()
+        click.echo(json.dumps(passed.as_dict()))
+        if passed.outage is not None:
+            raise SinkUnavailable(passed.outage)
+        if passed.failed:
             raise click.ClickException(
-                f"{exc} (the attempt is recorded; see `outbox status`)"
-            ) from exc
-        if report["status"] == drain.Status.MISSING:
-            raise click.ClickException(f"no run with id {run_id}")
-    else:
-        report = api.drain_outbox_once().as_dict()
-    click.echo(json.dumps(report))
+                f"{passed.failed} run(s) could not be published; see `outbox status` for why"
+            )
+        return
+    try:
+        result = api.drain_outbox_for_run(run_id)
+    except PublishError as exc:
+        message = f"the sink refused {exc}; the attempt is recorded (see `outbox status`)"
+        raise click.ClickException(message) from exc
+    if result.status is Status.MISSING:
+        raise errors.UnknownRun(f"no run with id {run_id}")
+    click.echo(json.dumps(result.as_dict()))
+    if result.status is Status.STALLED:
+        raise click.ClickException(_parked(result))
 
 
 @main.command()
-@click.option("--limit", default=50, show_default=True, help="At most this many runs.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="At most this many runs.",
+)
 def status(limit: int) -> None:
-    """Show runs with pending events (count, oldest pending age) and stalled runs."""
-    current = runtime.current()
+    """Show the sink's outage if any, runs with pending events (count, oldest pending age)
+    and stalled runs."""
+    current = _current()
+    health = current.store.sink_health()
     with current.session_factory() as session:
-        rows = session.execute(sql.STATUS, {"limit": limit}).all()
+        rows = session.execute(sql.STATUS, {"limit": min(limit, MAX_BIGINT)}).all()
+    if health.down_since is not None:
+        since = health.down_since.astimezone(dt.UTC).isoformat(timespec="seconds")
+        click.echo(f"sink unavailable since {since}: {_line(health.last_error or '', 200)}")
     if not rows:
         click.echo("nothing pending")
         return
@@ -162,49 +329,90 @@ def status(limit: int) -> None:
 
 
 @main.command()
-@click.argument("run_ids", nargs=-1)
+@click.argument("run_ids", nargs=-1, callback=_run_ids)
 @click.option("--all", "all_runs", is_flag=True, help="Resume every stalled run.")
-def resume(run_ids: tuple[str, ...], all_runs: bool) -> None:
+def resume(run_ids: tuple[uuid.UUID, ...], all_runs: bool) -> None:
     """Put stalled runs back in service (their attempts start again from zero)."""
-    if bool(run_ids) == all_runs:
+    if run_ids and all_runs:
+        raise click.UsageError("give RUN_IDs or --all, not both")
+    if not run_ids and not all_runs:
         raise click.UsageError("give RUN_IDs or --all")
-    resumed = api.resume(None if all_runs else list(run_ids))
-    click.echo(f"resumed {len(resumed)} run(s)")
+    if all_runs:
+        click.echo(f"resumed {len(api.resume(None))} run(s)")
+        return
+    before = _statuses(_current(), run_ids)
+    resumed = [run_id for run_id in api.resume(run_ids) if before[run_id] == "stalled"]
+    active = sum(1 for status in before.values() if status != "stalled")
+    click.echo(f"resumed {len(resumed)} run(s)" + (f"; {active} active already" if active else ""))
+
+
+def _seconds(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
+def _printable(text: str) -> str:
+    """``text`` with tabs, newlines and other unprintable characters escaped as JSON does,
+    so that every entry stays one line of three fields."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 @main.command()
 @click.argument("run_id", callback=_run_id)
-@click.option("--from", "from_seq", default=1, show_default=True, help="First seq to show.")
+@click.option(
+    "--from",
+    "from_seq",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="First seq to show.",
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep waiting for new entries.")
-@click.option("--timeout", type=float, help="With --follow: stop after this many seconds.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    callback=_seconds,
+    help="With --follow: stop after this many seconds.",
+)
 def tail(run_id: uuid.UUID, from_seq: int, follow: bool, timeout: float | None) -> None:
     """Print RUN_ID's stream entries: seq, type, payload."""
-    current = runtime.current()
-    _ensure_run(current, run_id)
+    if timeout is not None and not follow:
+        raise click.UsageError("--timeout needs --follow")
+    current = _current()
+    _statuses(current, [run_id])  # an unknown run is an error, not an empty stream
     prefix = current.settings.stream_prefix
-    after = max(from_seq, 1) - 1
+    after = min(from_seq, MAX_BIGINT) - 1
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         entries = redis_sink.read_stream(current.redis, prefix, run_id, after=after)
-        if not entries and follow:
-            if deadline is not None and time.monotonic() >= deadline:
+        if not entries:
+            if not follow:
+                return
+            wait_ms = 1000 if deadline is None else int((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
                 return
             entries = redis_sink.wait_stream(
-                current.redis, prefix, run_id, after=after, block_ms=1000
+                current.redis, prefix, run_id, after=after, block_ms=min(wait_ms, 1000)
             )
         for entry in entries:
-            click.echo(f"{entry.seq}\t{entry.type}\t{entry.payload}")
+            click.echo(f"{entry.seq}\t{_printable(entry.type)}\t{_printable(entry.payload)}")
             after = entry.seq
-        if not entries and not follow:
-            return
 
 
 @main.command()
-@click.option("--runs", default=3, show_default=True, help="How many runs to create.")
-@click.option("--events", default=5, show_default=True, help="Events per run.")
+@click.option(
+    "--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Runs to create."
+)
+@click.option(
+    "--events", type=click.IntRange(min=1), default=5, show_default=True, help="Events per run."
+)
 def demo(runs: int, events: int) -> None:
     """Create runs, append events, drain them, and print what reached the streams."""
-    current = runtime.current()
+    current = _current()
+    current.redis.ping()  # the sink first: nothing is written while it is down
     settings = current.settings
     if migrate.upgrade(settings.database_url):
         click.echo(f"created database {settings.database_url.database!r}")
@@ -219,7 +427,11 @@ def demo(runs: int, events: int) -> None:
     published = 0
     with click.progressbar(run_ids, label="draining       ") as bar:
         for run_id in bar:
-            published += api.drain_outbox_for_run(run_id).published
+            result = api.drain_outbox_for_run(run_id)
+            published += result.published
+            while result.status is Status.MORE:  # more events than one drain takes
+                result = api.drain_outbox_for_run(run_id)
+                published += result.published
     click.echo(f"published {published} events to {runs} streams")
     for run_id in run_ids:
         key = redis_sink.stream_key(settings.stream_prefix, run_id)

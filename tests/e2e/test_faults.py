@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,10 +20,10 @@ from sqlalchemy import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import libpq_url
-from tasks import app, runtime
+from tasks import runtime
 from tasks.cli import main
-from tasks.outbox import kick
 from tasks.settings import Settings
+from tasks.testing import processes
 from tests.helpers import append, db_state, seed, stream_seqs, wait_until
 from tests.servers import RedisServer, redis_server
 from tests.workers import CeleryProcesses
@@ -138,28 +140,38 @@ def test_a_kicked_drain_cut_short_by_its_time_limit_leaves_the_next_kick_free_to
     Session: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
-    broker_queue: str,
     celery_processes: CeleryProcesses,
     runs_table_locked: psycopg.Connection,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first, second = seed(Session, runs=2, events=0)
-    # A task's time limits travel in its message, from the sender's configuration.
-    monkeypatch.setitem(app.conf, "task_soft_time_limit", 2)
-    monkeypatch.setitem(app.conf, "task_time_limit", 20)
-    celery_processes.start_worker(concurrency=1)
-    assert app.conf.task_default_queue == celery_processes.queue == broker_queue
+    # Time limits travel in the message, from the sender's configuration: the producers and
+    # the worker share it, as they would in production.
+    limits = {"CELERY_TASK_SOFT_TIME_LIMIT": "2", "CELERY_TASK_TIME_LIMIT": "20"}
+    celery_processes.start_worker(concurrency=1, **limits)
     append(Session, first, 2)
     runs_table_locked.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
-    kick([first])  # as its producer's commit did: the kicked drain blocks behind the lock
+    # Its producer's kick: the kicked drain takes the run and blocks behind the lock.
+    kick_from_a_producer(celery_processes, first, **limits)
     wait_until(lambda: "SoftTimeLimitExceeded" in celery_processes.logs(), 30, "the time limit")
     runs_table_locked.rollback()
 
     append(Session, second, 1)
-    kick([second])  # the mark was released: this kick queues a new drain
+    kick_from_a_producer(celery_processes, second, **limits)  # the mark is free: a new drain
 
     wait_until(lambda: drained(Session, [second], 1), 30, "the second kick's drain")
     wait_until(lambda: drained(Session, [first], 2), 30, "the run put back to be drained")
     logs = celery_processes.logs()
     assert logs.count("Task outbox.drain_kicked[") >= 2
     assert stream_seqs(redis_client, settings.stream_prefix, first) == [1, 2]
+
+
+def kick_from_a_producer(processes_: CeleryProcesses, run_id: uuid.UUID, **env: str) -> None:
+    """Kick ``run_id`` from a producer process configured like the workers."""
+    program = "import sys, uuid\nfrom tasks.outbox import kick\nkick([uuid.UUID(sys.argv[1])])\n"
+    subprocess.run(
+        [sys.executable, "-c", program, str(run_id)],
+        cwd=processes.PROJECT_ROOT,
+        env=processes_.env | env,
+        check=True,
+        timeout=60,
+    )
