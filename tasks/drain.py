@@ -28,7 +28,7 @@ from typing import Any
 from tasks import retry
 from tasks.errors import SinkUnavailable, StoreUnavailable
 from tasks.sink import Sink
-from tasks.store import Store
+from tasks.store import Batch, Locked, Store
 
 logger = logging.getLogger(__name__)
 
@@ -146,53 +146,59 @@ def drain_batch(
                 else:
                     outcomes[run_id] = _Outcome(Status.DRAINED, next_seq=cursor.next_seq)
                     active.append(run_id)
-            if not active:
-                return outcomes
-            per_run = max(1, limits.batch_size // len(active))
-            cursors = {run_id: outcomes[run_id].next_seq for run_id in active}
-            rows = batch.read(cursors, per_run, limits.batch_max_bytes)
-            if not rows:
-                return outcomes
-            result = sink.publish(rows)
-            event_ids: list[int] = []
-            next_seqs: dict[uuid.UUID, int] = {}
-            for run_id, group in itertools.groupby(rows, key=lambda r: r.run_id):
-                if run_id not in result.added:
-                    continue
-                run_rows = list(group)
-                event_ids.extend(r.id for r in run_rows)
-                next_seqs[run_id] = run_rows[-1].seq + 1
-                outcome = outcomes[run_id]
-                outcome.published = result.added[run_id]
-                outcome.present = result.present[run_id]
-                outcome.next_seq = next_seqs[run_id]
-                # `fetched` counts the run's rows before the byte cut: a cut or a full batch
-                # means more may be waiting.
-                fetched = run_rows[0].fetched
-                outcome.full = fetched >= per_run or len(run_rows) < fetched
-            if next_seqs:
-                batch.mark_published(event_ids, next_seqs)
-            if result.refused:
-                attempts = {run_id: locked.held[run_id].attempts + 1 for run_id in result.refused}
-                delays = {run_id: retry.refusal_delay(n) for run_id, n in attempts.items()}
-                parked = batch.record_refusals(result.refused, delays, limits.max_attempts)
-                for run_id, error in result.refused.items():
-                    status = Status.STALLED if run_id in parked else Status.MORE
-                    _failed(outcomes[run_id], status, error, Fault.REFUSED)
-                    logger.warning(
-                        "sink refused run %s (attempt %d): %s", run_id, attempts[run_id], error
-                    )
-            if result.conflicts:
-                batch.park(result.conflicts)
-                for run_id, error in result.conflicts.items():
-                    _failed(outcomes[run_id], Status.STALLED, error, Fault.CONFLICT)
-                    logger.error("run %s parked: %s", run_id, error)
-        if event_ids:
-            logger.info("published %d events of %d runs", len(event_ids), len(next_seqs))
+            if active:
+                _publish(batch, sink, locked, {r: outcomes[r] for r in active}, limits)
+        moved = [o for o in outcomes.values() if o.published or o.present]
+        if moved:  # committed
+            events = sum(o.published + o.present for o in moved)
+            logger.info("published %d events of %d runs", events, len(moved))
         return outcomes
     except SinkUnavailable as exc:
         _note_outage(store, active, str(exc))
         raise
+
+
+def _publish(
+    batch: Batch, sink: Sink, locked: Locked, outcomes: dict[uuid.UUID, _Outcome], limits: Limits
+) -> None:
+    """Steps 2 to 4 for the ``outcomes``' runs, which ``batch`` holds: read, publish, record."""
+    per_run = max(1, limits.batch_size // len(outcomes))
+    cursors = {run_id: outcome.next_seq for run_id, outcome in outcomes.items()}
+    rows = batch.read(cursors, per_run, limits.batch_max_bytes)
+    if not rows:
+        return
+    result = sink.publish(rows)
+    event_ids: list[int] = []
+    next_seqs: dict[uuid.UUID, int] = {}
+    for run_id, group in itertools.groupby(rows, key=lambda r: r.run_id):
+        if run_id not in result.added:
+            continue
+        run_rows = list(group)
+        event_ids.extend(r.id for r in run_rows)
+        next_seqs[run_id] = run_rows[-1].seq + 1
+        outcome = outcomes[run_id]
+        outcome.published = result.added[run_id]
+        outcome.present = result.present[run_id]
+        outcome.next_seq = next_seqs[run_id]
+        # `fetched` counts the run's rows before the byte cut: a cut or a full batch means
+        # more may be waiting.
+        fetched = run_rows[0].fetched
+        outcome.full = fetched >= per_run or len(run_rows) < fetched
+    if next_seqs:
+        batch.mark_published(event_ids, next_seqs)
+    if result.refused:
+        attempts = {run_id: locked.held[run_id].attempts + 1 for run_id in result.refused}
+        delays = {run_id: retry.refusal_delay(n) for run_id, n in attempts.items()}
+        parked = batch.record_refusals(result.refused, delays, limits.max_attempts)
+        for run_id, error in result.refused.items():
+            status = Status.STALLED if run_id in parked else Status.MORE
+            _failed(outcomes[run_id], status, error, Fault.REFUSED)
+            logger.warning("sink refused run %s (attempt %d): %s", run_id, attempts[run_id], error)
+    if result.conflicts:
+        batch.park(result.conflicts)
+        for run_id, error in result.conflicts.items():
+            _failed(outcomes[run_id], Status.STALLED, error, Fault.CONFLICT)
+            logger.error("run %s parked: %s", run_id, error)
 
 
 def _failed(outcome: _Outcome, status: Status, error: str, fault: Fault) -> None:
