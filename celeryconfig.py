@@ -2,34 +2,30 @@
 
 Loaded by module name (``app.config_from_object("celeryconfig")``), as Celery recommends, so
 prefork children read the same settings. Messages are JSON, and only JSON is accepted.
+The values come from ``tasks.settings.CelerySettings``, which checks them: an invalid one is a
+ConfigError naming its variable (``celery -A tasks ...`` reports it before this module loads).
 """
 
 from __future__ import annotations
 
-import os
+from kombu import Exchange as _Exchange
+from kombu import Queue as _Queue
 
+from tasks.settings import CelerySettings as _CelerySettings  # private: not a Celery setting
 
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {raw!r}")
-    return value
+_settings = _CelerySettings.from_env()
 
-
-# The broker defaults to the sink's Redis, so one Redis server is all a small setup needs.
-broker_url = (
-    os.environ.get("CELERY_BROKER_URL")
-    or os.environ.get("OUTBOX_REDIS_URL")
-    or "redis://127.0.0.1:6379/0"
+broker_url = _settings.broker_url  # by default the sink's Redis (OUTBOX_REDIS_URL)
+result_backend = _settings.result_backend
+task_default_queue = _settings.default_queue
+# The outbox tasks have a queue of their own (OUTBOX_QUEUE), so that an application's other
+# tasks, on the default queue, never hold a drain up. Both queues are declared here, so a
+# worker started without -Q consumes both; `-Q outbox` makes a worker that only drains.
+task_queues = tuple(
+    _Queue(name, _Exchange(name), routing_key=name)
+    for name in dict.fromkeys((_settings.default_queue, _settings.outbox_queue))
 )
-result_backend = os.environ.get("CELERY_RESULT_BACKEND") or None
-task_default_queue = os.environ.get("CELERY_TASK_DEFAULT_QUEUE") or "celery"
+task_routes = {"outbox.*": {"queue": _settings.outbox_queue}}
 
 task_serializer = "json"
 result_serializer = "json"
@@ -43,16 +39,28 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 broker_connection_retry_on_startup = True
-# Redis broker: an unacknowledged message is redelivered after this long; it must exceed the
+# Brokers that emulate acknowledgements (SQS; Redis only with ack emulation, off below)
+# redeliver an unacknowledged message after the visibility timeout; it must exceed the
 # longest drain, which task_time_limit bounds.
-broker_transport_options = {"visibility_timeout": _float("CELERY_VISIBILITY_TIMEOUT", 600)}
-task_soft_time_limit = _float("CELERY_TASK_SOFT_TIME_LIMIT", 240)
-task_time_limit = _float("CELERY_TASK_TIME_LIMIT", 300)
+broker_transport_options = {
+    "visibility_timeout": _settings.visibility_timeout,
+    # Redis broker: no ack emulation. With it, Celery 5.7.0 kills a worker whose broker
+    # restarts while it holds unacknowledged messages ("Unrecoverable error: AttributeError:
+    # 'NoneType' object has no attribute 'hostname'", in kombu's restore_unacked): 10 of 18
+    # workers died in 6 trials of 5 restarts each, 0 of 18 without it. Without it a worker
+    # that dies loses the messages it held instead of handing them back after the visibility
+    # timeout, which costs nothing here: a lost drain's runs are queued again once their
+    # marks expire (OUTBOX_QUEUED_TTL, 30 s), long before the visibility timeout (600 s).
+    # RabbitMQ ignores the option.
+    "ack_emulation": False,
+}
+task_soft_time_limit = _settings.soft_time_limit
+task_time_limit = _settings.time_limit
 
 timezone = "UTC"
 enable_utc = True
 
-DISPATCH_INTERVAL = _float("OUTBOX_DISPATCH_INTERVAL", 1.0)
+DISPATCH_INTERVAL = _settings.dispatch_interval
 
 beat_schedule = {
     "outbox-dispatch": {
@@ -61,4 +69,8 @@ beat_schedule = {
         # A dispatch that waited longer than a few intervals is stale: a newer one will do.
         "options": {"expires": max(DISPATCH_INTERVAL * 5, 5.0)},
     },
+    # Retention: each run deletes a bounded amount (tasks.purge.MAX_BATCHES batches) and the
+    # next goes on, so one a minute keeps up with the producers without holding a worker long.
+    # A purge that waited a whole interval is stale: the next one will do.
+    "outbox-purge": {"task": "outbox.purge", "schedule": 60.0, "options": {"expires": 60.0}},
 }

@@ -41,6 +41,7 @@ _OWN_VARIABLES = (
     "OUTBOX_DISPATCH_INTERVAL",
     "CELERY_BROKER_URL",
     "CELERY_TASK_DEFAULT_QUEUE",
+    "OUTBOX_QUEUE",
 )
 
 
@@ -75,7 +76,7 @@ class BenchEnv:
 
     @property
     def queue(self) -> str:
-        """The Celery queue of the bench's workers (CELERY_TASK_DEFAULT_QUEUE)."""
+        """The Celery queue of the bench's workers (OUTBOX_QUEUE, CELERY_TASK_DEFAULT_QUEUE)."""
         return f"{self.key_prefix}queue"
 
     def variables(self, dispatch_interval: float = 1.0) -> dict[str, str]:
@@ -88,6 +89,7 @@ class BenchEnv:
             "OUTBOX_DISPATCH_INTERVAL": str(dispatch_interval),
             "CELERY_BROKER_URL": self.redis_url,
             "CELERY_TASK_DEFAULT_QUEUE": self.queue,
+            "OUTBOX_QUEUE": self.queue,  # where the outbox tasks are routed
         }
 
     def stream_key(self, run_id: uuid.UUID) -> str:

@@ -30,10 +30,16 @@ def database_url(environ: dict[str, str] | None = None) -> URL:
 
 def normalize_url(url: str | URL) -> URL:
     """Parse ``url`` and make ``postgresql://`` mean the psycopg 3 driver."""
+    # The messages never quote the URL: it may hold a password.
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise errors.ConfigError(f"{DATABASE_URL_ENV} is not a valid SQLAlchemy URL") from exc
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise errors.ConfigError(
+            f"{DATABASE_URL_ENV} is not a valid SQLAlchemy URL "
+            "(postgresql+psycopg://user:password@host:5432/database)"
+        ) from exc
+    if parsed.port is not None and not 0 < parsed.port <= 65535:
+        raise errors.ConfigError(f"{DATABASE_URL_ENV} must have a port from 1 to 65535")
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername != "postgresql+psycopg":

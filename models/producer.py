@@ -12,14 +12,16 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
+from models import env as settings_env
 from models import errors, kicks
-from models.env import positive_int
 from models.ids import parse_run_id
 from models.run import Run, RunEvent, RunOutbox
 
 KICK_ENV = "OUTBOX_KICK_ON_COMMIT"
 MAX_PAYLOAD_BYTES_ENV = "OUTBOX_MAX_PAYLOAD_BYTES"
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+# PostgreSQL's jsonb takes up to 255 MB; a payload a quarter of that belongs in object storage.
+MAX_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 MAX_TYPE_CHARS = 255
 
 # One round trip: take the run's next seq and insert the event with it. The UPDATE locks the
@@ -42,18 +44,15 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 def max_payload_bytes(environ: dict[str, str] | None = None) -> int:
     """Return the payload size limit from OUTBOX_MAX_PAYLOAD_BYTES (default 1 MiB)."""
     env = os.environ if environ is None else environ
-    return positive_int(env, MAX_PAYLOAD_BYTES_ENV, DEFAULT_MAX_PAYLOAD_BYTES)
+    return settings_env.integer(
+        env, MAX_PAYLOAD_BYTES_ENV, DEFAULT_MAX_PAYLOAD_BYTES, high=MAX_MAX_PAYLOAD_BYTES
+    )
 
 
 def kick_by_default(environ: dict[str, str] | None = None) -> bool:
     """Return whether append_event kicks a drain on commit unless told (OUTBOX_KICK_ON_COMMIT)."""
     env = os.environ if environ is None else environ
-    raw = (env.get(KICK_ENV) or "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise errors.ConfigError(f"{KICK_ENV} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+    return settings_env.flag(env, KICK_ENV, False)
 
 
 def encode_payload(payload: object, limit: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import sys
 import time
 import urllib.parse
 import uuid
@@ -28,9 +29,14 @@ from sqlalchemy import select
 from models import Run, RunOutbox, append_event, create_run, errors, migrate
 from models.ids import parse_run_id
 from tasks import api, redis_sink, runtime, sql
+from tasks import purge as retention
+from tasks import replay as stream_replay
+from tasks import verify as stream_verify
 from tasks.drain import DrainResult, Status
 from tasks.errors import PublishError, SinkUnavailable, StoreUnavailable
+from tasks.redis_sink import RedisStreamReader
 from tasks.runtime import Runtime
+from tasks.settings import check_environment
 
 FAILED, BAD_INPUT = 1, 2  # exit statuses (0 is success)
 MAX_MESSAGE_CHARS = 500  # an error line never echoes a huge input or server answer
@@ -135,10 +141,12 @@ class OutboxGroup(click.Group):
 
 
 def _current() -> Runtime:
-    """This process's runtime, built from the environment on first use."""
+    """This process's runtime, built from the environment on first use, every setting
+    checked first: a bad one is one line naming its variable, before anything runs."""
+    check_environment()
     try:
         return runtime.current()
-    except ValueError as exc:  # what redis-py says of a malformed URL
+    except ValueError as exc:  # what redis-py says of a query it cannot read
         raise errors.ConfigError(f"OUTBOX_REDIS_URL is not a valid Redis URL: {exc}") from exc
 
 
@@ -338,6 +346,7 @@ def resume(run_ids: tuple[uuid.UUID, ...], all_runs: bool) -> None:
     if not run_ids and not all_runs:
         raise click.UsageError("give RUN_IDs or --all")
     if all_runs:
+        _current()  # settings first, as for every verb
         click.echo(f"resumed {len(api.resume(None))} run(s)")
         return
     before = _statuses(_current(), run_ids)
@@ -400,6 +409,149 @@ def tail(run_id: uuid.UUID, from_seq: int, follow: bool, timeout: float | None) 
         for entry in entries:
             click.echo(f"{entry.seq}\t{_printable(entry.type)}\t{_printable(entry.payload)}")
             after = entry.seq
+
+
+PURGE_ROUND = 100  # batches between two progress lines of `outbox purge`
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return retention.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    callback=_duration,
+    help="Delete events published longer ago than this: seconds, or a number with s, m, h "
+    "or d, e.g. 12h or 7d (default: OUTBOX_RETENTION, 7d).",
+)
+@click.option("--dry-run", is_flag=True, help="Count the events that would go; delete nothing.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, retention.MAX_BATCH_SIZE),
+    default=retention.BATCH_SIZE,
+    show_default=True,
+    help="Events deleted per transaction.",
+)
+def purge(older_than: float | None, dry_run: bool, batch_size: int) -> None:
+    """Delete published events older than OUTBOX_RETENTION (or --older-than), in batches.
+
+    Never an unpublished event, and never a run's counter or cursor: its next event still
+    gets the next seq. Streams are not touched.
+    """
+    current = _current()
+    store = retention.SqlPurgeStore(current.session_factory)
+    cutoff = store.cutoff(current.settings.retention if older_than is None else older_than)
+    before = cutoff.astimezone(dt.UTC).isoformat(timespec="seconds")
+    if dry_run:
+        count = store.count(cutoff)
+        click.echo(f"would delete {count} events published before {before} (dry run: none deleted)")
+        return
+    deleted = batches = 0
+    while True:  # bounded rounds of batches, with a progress line between two rounds
+        result = retention.purge(store, cutoff, batch_size=batch_size, max_batches=PURGE_ROUND)
+        deleted, batches = deleted + result.deleted, batches + result.batches
+        if result.error is not None:
+            raise StoreUnavailable(f"{result.error} (after deleting {deleted} events)")
+        if not result.more:
+            break
+        click.echo(f"deleted {deleted} events so far, in {batches} batches...", err=True)
+    click.echo(f"deleted {deleted} events published before {before}, in {batches} batches")
+
+
+def _stream_checks(current: Runtime) -> tuple[stream_verify.SqlLedger, RedisStreamReader]:
+    """The database and stream sides that verify and replay compare."""
+    reader = RedisStreamReader(current.redis, current.settings.stream_prefix)
+    return stream_verify.SqlLedger(current.session_factory), reader
+
+
+def _progress_shown() -> bool:
+    """Whether `verify --all` draws its progress bar: only for a person at a terminal."""
+    return sys.stderr.isatty()
+
+
+def _verify_every_run(
+    ledger: stream_verify.SqlLedger, reader: RedisStreamReader
+) -> stream_verify.Summary:
+    """Verify every run, printing each wrong one at once, with a progress bar on stderr."""
+    shown = _progress_shown()
+    bar = click.progressbar(
+        length=ledger.count_runs() if shown else 0,
+        label="verifying runs",
+        hidden=not shown,
+        show_pos=True,
+        file=sys.stderr,
+    )
+
+    def on_run(report: stream_verify.RunReport) -> None:
+        if report.wrong:
+            if shown:
+                click.echo("\r\033[K", err=True, nl=False)  # the bar's line, cleared
+            click.echo(report.line())
+        bar.update(1)
+
+    with bar:
+        return stream_verify.verify_all(ledger, reader, on_run=on_run)
+
+
+@main.command("verify")
+@click.argument("run_id", required=False, callback=_run_id)
+@click.option("--all", "all_runs", is_flag=True, help="Verify every run.")
+def verify_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
+    """Compare RUN_ID's stream (or every run's) with the events the database published.
+
+    Prints a line per run whose stream is wrong (missing, differing or extra entries, as seq
+    ranges) and a summary line; exits with 1 if a run is wrong.
+    """
+    if run_id is not None and all_runs:
+        raise click.UsageError("give either a RUN_ID or --all, not both")
+    if run_id is None and not all_runs:
+        raise click.UsageError("give either a RUN_ID or --all")
+    ledger, reader = _stream_checks(_current())
+    if run_id is None:
+        summary = _verify_every_run(ledger, reader)
+    else:
+        summary = stream_verify.verify_one(ledger, reader, run_id)
+        for report in summary.problems:
+            click.echo(report.line())
+    click.echo(summary.line())
+    if not summary.ok:
+        which = "run's stream does" if summary.wrong_runs == 1 else "runs' streams do"
+        raise click.ClickException(
+            f"{summary.wrong_runs} {which} not match the database; "
+            "`outbox replay RUN_ID` puts missing entries back"
+        )
+
+
+@main.command("replay")
+@click.argument("run_id", callback=_run_id)
+@click.option(
+    "--from-seq",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="First seq to put back.",
+)
+def replay_command(run_id: uuid.UUID, from_seq: int) -> None:
+    """Put RUN_ID's published events back into its stream, from --from-seq on, exactly once.
+
+    Only events still in the database come back (see `outbox purge`). Exits with 1 if some
+    could not be restored (a conflict, or entries below the stream's last id).
+    """
+    current = _current()
+    ledger, reader = _stream_checks(current)
+    first = min(from_seq, MAX_BIGINT)
+    result = stream_replay.replay_run(ledger, reader, current.sink, run_id, from_seq=first)
+    click.echo(result.line())
+    problem = result.problem()
+    if problem is not None:
+        raise click.ClickException(problem)
 
 
 @main.command()

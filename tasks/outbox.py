@@ -2,8 +2,11 @@
 
 ``outbox.drain_run`` drains one run (what `celery call` uses), ``outbox.drain_runs`` a group
 of runs (what dispatch queues), ``outbox.drain_kicked`` the runs producers kicked, and
-``outbox.dispatch`` is what beat runs. The faults they meet are handled in ``tasks.jobs``:
+``outbox.dispatch`` is what beat runs (with ``outbox.purge``, whose logic is ``tasks.purge``).
+The faults they meet are handled in ``tasks.jobs``:
 none of them retries through Celery, so attempts are counted in one place, the database.
+``outbox.verify`` and ``outbox.replay`` check and restore streams (``tasks.verify``,
+``tasks.replay``).
 Importing this module registers the producers' kicker (``models.kicks``).
 """
 
@@ -17,11 +20,15 @@ from typing import Any
 
 from kombu import Connection
 
-from models import kicks
+from models import errors, kicks
 from models.ids import parse_run_id
-from tasks import jobs, runtime
-from tasks.celery_app import app
+from tasks import jobs, redis_sink, runtime
+from tasks import purge as retention
+from tasks import replay as stream_replay
+from tasks import verify as stream_verify
+from tasks.celery_app import CheckedTask, InvalidTaskArguments, app
 from tasks.queueing import Kicker
+from tasks.settings import MAX_GROUP_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -118,29 +125,81 @@ def kick(run_ids: Sequence[uuid.UUID]) -> None:
 kicks.set_kicker(kick)
 
 
-@app.task(name="outbox.drain_run")
+# Bad arguments fail these tasks at once, with one line and no retry (``CheckedTask``): the
+# argument count and names by their signatures, the values here, before anything is touched.
+
+
+@app.task(name="outbox.drain_run", base=CheckedTask)
 def drain_run(run_id: str) -> dict[str, Any]:
     """Drain one run; returns ``{"run_id", "status", "published", "already_present"}``."""
-    # A malformed id fails the task at once: retrying cannot help.
-    [result] = jobs.drain_group(_worker(), [parse_run_id(run_id)]).results
+    run = parse_run_id(run_id)
+    [result] = jobs.drain_group(_worker(), [run]).results
     return result.as_dict()
 
 
-@app.task(name="outbox.drain_runs")
+@app.task(name="outbox.drain_runs", base=CheckedTask)
 def drain_runs(run_ids: list[str]) -> dict[str, Any]:
     """Drain a group of runs; returns ``{"runs", "published", "already_present", "statuses"}``."""
     if not isinstance(run_ids, list):
-        run_ids = [run_ids]  # parse_run_id names what was wrong with it
-    return jobs.drain_group(_worker(), [parse_run_id(r) for r in run_ids]).as_dict()
+        raise InvalidTaskArguments(
+            f"outbox.drain_runs takes a list of run ids, got {errors.preview(run_ids)}"
+        )
+    if len(run_ids) > MAX_GROUP_SIZE:
+        raise InvalidTaskArguments(
+            f"outbox.drain_runs takes at most {MAX_GROUP_SIZE} run ids, got {len(run_ids)}"
+        )
+    runs = [parse_run_id(r) for r in run_ids]
+    return jobs.drain_group(_worker(), runs).as_dict()
 
 
-@app.task(name="outbox.drain_kicked")
+@app.task(name="outbox.drain_kicked", base=CheckedTask)
 def drain_kicked() -> dict[str, Any]:
     """Drain the runs producers kicked; returns what ``outbox.drain_runs`` does."""
     return jobs.drain_kicked(_worker()).as_dict()
 
 
-@app.task(name="outbox.dispatch")
+@app.task(name="outbox.dispatch", base=CheckedTask)
 def dispatch() -> dict[str, Any]:
     """Queue drains of the runs with pending events; returns ``{"found", "enqueued"}``."""
     return jobs.dispatch(_worker()).as_dict()
+
+
+@app.task(name="outbox.purge", base=CheckedTask)
+def purge() -> dict[str, Any]:
+    """Delete events published longer than OUTBOX_RETENTION ago, a bounded amount per run;
+    returns ``{"deleted", "batches", "more", "cutoff"}``."""
+    current = runtime.current()
+    store = retention.SqlPurgeStore(current.session_factory)
+    return retention.purge_older_than(store, current.settings.retention).as_dict()
+
+
+def _stream_checks() -> tuple[stream_verify.SqlLedger, redis_sink.RedisStreamReader]:
+    """The database and stream sides that verify and replay compare."""
+    current = runtime.current()
+    reader = redis_sink.RedisStreamReader(current.redis, current.settings.stream_prefix)
+    return stream_verify.SqlLedger(current.session_factory), reader
+
+
+@app.task(name="outbox.verify", base=CheckedTask, throws=(*CheckedTask.throws, errors.UnknownRun))
+def verify(run_id: str | None = None) -> dict[str, Any]:
+    """Compare one run's stream (or every run's, with no id) with the database; returns
+    ``{"status", "runs", "wrong_runs", "events", "missing", ..., "problems"}``."""
+    run = None if run_id is None else parse_run_id(run_id)
+    ledger, reader = _stream_checks()
+    if run is None:
+        return stream_verify.verify_all(ledger, reader).as_dict()
+    return stream_verify.verify_one(ledger, reader, run).as_dict()
+
+
+@app.task(name="outbox.replay", base=CheckedTask, throws=(*CheckedTask.throws, errors.UnknownRun))
+def replay(run_id: str, from_seq: int = 1) -> dict[str, Any]:
+    """Put a run's published events from ``from_seq`` back into its stream; returns
+    ``{"run_id", "status", "added", "already_present", "not_restored", ...}``."""
+    run = parse_run_id(run_id)
+    try:
+        first = stream_replay.check_from_seq(from_seq)
+    except ValueError as exc:
+        raise InvalidTaskArguments(f"outbox.replay: {exc}") from None
+    ledger, reader = _stream_checks()
+    sink = runtime.current().sink
+    return stream_replay.replay_run(ledger, reader, sink, run, from_seq=first).as_dict()

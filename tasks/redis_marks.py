@@ -2,6 +2,8 @@
 
 Every Redis error here becomes SinkUnavailable: these keys live on the sink's server, so a
 failure is the sink's outage, and the task layer treats it as one (retried, never counted).
+On a Redis Cluster the marks spread over the nodes (each command touches one key), and the
+kicked set's three keys share a hash tag, so its scripts run on the one node that has them.
 """
 
 from __future__ import annotations
@@ -11,24 +13,22 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import redis
-
 from tasks import scripts
-from tasks.redis_sink import unavailable
+from tasks.redis_sink import ERRORS, Client, unavailable
 
 
 @contextlib.contextmanager
 def _translated() -> Iterator[None]:
     try:
         yield
-    except redis.RedisError as exc:
+    except ERRORS as exc:
         raise unavailable(exc) from exc
 
 
 class QueuedMarks:
     """Marks of "a drain of this run is queued": ``<prefix><run_id>``, SET NX with a TTL."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: Client, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
 
@@ -48,6 +48,7 @@ class QueuedMarks:
 
     def release(self, run_ids: Sequence[uuid.UUID]) -> None:
         """Remove the marks of ``run_ids``."""
+        # One DEL of many keys: a cluster client splits it by slot, one DEL per node.
         if run_ids:
             with _translated():
                 self.client.delete(*(self._key(run_id) for run_id in run_ids))
@@ -74,17 +75,22 @@ _KICK_CHUNK = 1000  # Lua's unpack() takes a few thousand values at most
 class KickedSet:
     """Runs whose producers kicked a drain, and the mark of the one drain working on them.
 
-    ``<prefix>kicked`` is the set, ``<prefix>kicked:queued`` the mark, ``<prefix>kicked:wake``
-    a one-entry list that kicks push to, so a drain waiting for more wakes at once.
+    ``<prefix>{kicked}`` is the set, ``<prefix>{kicked}:queued`` the mark,
+    ``<prefix>{kicked}:wake`` a one-entry list that kicks push to, so a drain waiting for more
+    wakes at once. The braces are a Redis Cluster hash tag: the three keys, which kick.lua and
+    finish_kicked.lua touch together, hash to one slot. (A prefix with braces of its own
+    gives them its own tag instead: a hash tag is the text in the key's first ``{...}``, and
+    that lies in ``<prefix>{kicked}``, which the three keys begin with.) A single server
+    ignores the braces.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: Client, prefix: str) -> None:
         self.client = client
-        self.members = f"{prefix}kicked"
-        self.mark = f"{prefix}kicked:queued"
-        self.wake = f"{prefix}kicked:wake"
-        self._add = scripts.register(client, "kick")
-        self._finish = scripts.register(client, "finish_kicked")
+        self.members = f"{prefix}{{kicked}}"
+        self.mark = f"{prefix}{{kicked}}:queued"
+        self.wake = f"{prefix}{{kicked}}:wake"
+        self._add = client.register_script(scripts.source("kick"))
+        self._finish = client.register_script(scripts.source("finish_kicked"))
 
     def add(self, run_ids: Sequence[uuid.UUID], ttl: int) -> bool:
         """Add ``run_ids``; return True if this set the mark: the caller queues the drain."""

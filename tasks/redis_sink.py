@@ -3,21 +3,29 @@
 This module and ``tasks.redis_marks`` are the only ones that talk to the sink's Redis. They
 decide here, in one place, what a Redis answer means (``classify``): an answer about the
 run's own entries is a refusal, an answer about the server is an outage.
+
+The sink is a single Redis server or a Redis Cluster (``connect``). Every key a command or a
+script touches is one key or keys that share a hash slot, so the code is the same for both:
+a cluster client routes each command, and each command of a pipeline, to its slot's node.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from tasks import scripts
 from tasks.errors import SinkUnavailable
 from tasks.sink import Entry, PublishOutcome, StreamEntry, conflict_message
+from tasks.verify import StreamInfo, StreamItem, StreamUnreadable
 
 # Error codes (the first word of a Redis error) that speak about the server, not about a key:
 # out of memory, a replica, loading its data, busy with a script, failing to persist, a
@@ -38,6 +46,22 @@ OUTAGE_CODES = frozenset(
         "NOPERM",
     }
 )
+
+
+class ClusterModeUnknown(redis.RedisError):
+    """The server refused ``INFO cluster``, so the client cannot tell whether it is a cluster
+    node (an outage: nothing is published until OUTBOX_REDIS_CLUSTER says which)."""
+
+
+class ClusterUnreachable(redis.ConnectionError):
+    """No node of the cluster answered, or the server is no cluster node, when the cluster
+    client was made (redis-py raises RedisClusterException, which is not a RedisError)."""
+
+
+# What a call on the sink's Redis may raise: redis-py's cluster client raises
+# RedisClusterException (no RedisError) when no node answers or a slot has no node.
+ERRORS = (redis.RedisError, RedisClusterException)
+
 _OUTAGE_TYPES = (
     redis.ConnectionError,
     redis.TimeoutError,
@@ -46,6 +70,17 @@ _OUTAGE_TYPES = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.AuthenticationError,
     redis.exceptions.NoPermissionError,
+    ClusterModeUnknown,
+    # A cluster that cannot serve a slot now: down (CLUSTERDOWN, MASTERDOWN), a multi-key
+    # command split by a resharding (TRYAGAIN), redirections past the client's limit
+    # ("TTL exhausted"), a slot that no node serves, no node reachable. redis-py takes the
+    # code off the message of these, so they are told by their class.
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    RedisClusterException,
+    # MOVED or ASK reaching us: a single server's client talking to a cluster node (the
+    # cluster client follows them itself).
+    redis.exceptions.AskError,
 )
 
 
@@ -60,7 +95,10 @@ def is_outage(error: Exception) -> bool:
 
 def unavailable(error: Exception) -> SinkUnavailable:
     """The SinkUnavailable that stands for ``error`` (chain it with ``from error``)."""
-    return SinkUnavailable(f"Redis unavailable: {type(error).__name__}: {error}")
+    hint = ""
+    if isinstance(error, redis.exceptions.AskError):
+        hint = " (OUTBOX_REDIS_URL is a Redis Cluster node: unset OUTBOX_REDIS_CLUSTER, or set 1)"
+    return SinkUnavailable(f"Redis unavailable: {type(error).__name__}: {error}{hint}")
 
 
 def stream_key(prefix: str, run_id: uuid.UUID) -> str:
@@ -68,12 +106,26 @@ def stream_key(prefix: str, run_id: uuid.UUID) -> str:
     return f"{prefix}{run_id}"
 
 
-def connect(url: str, *, timeout: float = 5.0, retries: int = 1) -> redis.Redis:
-    """Return a Redis client for ``url`` with ``timeout`` on every call.
+def connect(
+    url: str, *, cluster: bool | None = None, timeout: float = 5.0, retries: int = 1
+) -> Client:
+    """Return a client of the sink's Redis at ``url``, with ``timeout`` on every call.
 
-    ``retries``: how often a call is repeated after a connection error (one repeat covers a
-    connection the server closed while idle; every call on our paths may be repeated).
+    ``cluster``: True for a Redis Cluster (``url`` names any of its nodes), False for a
+    single server, None to ask the server (``INFO cluster``). Both True and None connect on
+    the first call, not here (``LazyClient``). ``retries``: how often a call is repeated
+    after a connection error (one repeat covers a connection the server closed while idle;
+    every call on our paths may be repeated); a cluster client also reads the slot map again
+    before it repeats one.
     """
+    single = _single_server(url, timeout, retries)
+    if cluster is False:
+        return single
+    return LazyClient(single, url, cluster=cluster, timeout=timeout, retries=retries)
+
+
+def _single_server(url: str, timeout: float, retries: int) -> redis.Redis:
+    # No I/O: redis-py connects on the first command. A URL it cannot read is a ValueError.
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout,
@@ -83,13 +135,98 @@ def connect(url: str, *, timeout: float = 5.0, retries: int = 1) -> redis.Redis:
     )
 
 
+def is_cluster_node(client: redis.Redis) -> bool:
+    """Ask the server behind ``client`` whether it is a Redis Cluster node (``INFO cluster``)."""
+    try:
+        info: Any = client.info("cluster")
+    except redis.ResponseError as exc:  # INFO refused (ACL) or renamed away
+        raise ClusterModeUnknown(
+            f"cannot tell whether OUTBOX_REDIS_URL is a Redis Cluster node, INFO cluster was "
+            f"refused ({exc}): set OUTBOX_REDIS_CLUSTER to 1 (a cluster) or 0 (one server)"
+        ) from exc
+    return bool(info.get("cluster_enabled"))
+
+
+class LazyClient:
+    """A client of the sink's Redis that connects on its first call, as a cluster's client or
+    a single server's.
+
+    Both need the server: a cluster client reads the slot map when it is made, and telling a
+    cluster node from a single server takes ``INFO cluster``. Deferring that to the first call
+    keeps building the runtime free of I/O, as it is with a single server: a worker that
+    starts while Redis is down meets the outage in its drains, where outages are handled, and
+    a producer's kick pays for it once, under the kick's timeout and pause. A first call that
+    fails is tried again by the next one. Every attribute is the real client's.
+    """
+
+    def __init__(
+        self, single: redis.Redis, url: str, *, cluster: bool | None, timeout: float, retries: int
+    ) -> None:
+        self._single = single  # the client if the server turns out to be a single server
+        self._url = url
+        self._cluster = cluster
+        self._timeout = timeout
+        self._retries = retries
+        self._client: redis.Redis | redis.RedisCluster | None = None
+        # Held only to publish the client made, never across I/O: a child forked meanwhile
+        # cannot inherit it held for long.
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> redis.Redis | redis.RedisCluster:
+        """The real client, made on first use."""
+        client = self._client
+        if client is not None:
+            return client
+        made = self._connect()
+        with self._lock:  # threads that made one each at once keep the first
+            if self._client is None:
+                self._client = made
+            client = self._client
+        if made is not client and made is not self._single:
+            made.close()
+        return client
+
+    def _connect(self) -> redis.Redis | redis.RedisCluster:
+        if self._cluster is None and not is_cluster_node(self._single):
+            return self._single
+        try:
+            return redis.RedisCluster.from_url(
+                self._url,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                retry=Retry(NoBackoff(), self._retries),
+            )
+        except RedisClusterException as exc:
+            raise ClusterUnreachable(str(exc)) from exc
+
+    def register_script(self, script: str) -> Script:
+        """The script bound to this client, without connecting: its sha is its bytes' hash."""
+        return Script(self, script.encode())  # type: ignore[arg-type]  # it calls our evalsha
+
+    def close(self) -> None:
+        """Close the connections of the real client, and of the one that asked the server."""
+        if isinstance(self._client, redis.RedisCluster):
+            # RedisCluster.close() leaves its nodes' pooled connections open (redis-py 8.1).
+            self._client.disconnect_connection_pools()
+            self._client.close()
+        self._single.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+# The sink's client: a single server's, a cluster's, or one that is either from its first call.
+Client: TypeAlias = "redis.Redis | redis.RedisCluster | LazyClient"
+
+
 class RedisStreamSink:
     """Publishes each run's entries to its own stream, one pipelined round trip per batch."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: Client, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._script = scripts.register(client, "publish")
+        self._script = client.register_script(scripts.source("publish"))
 
     def publish(self, entries: Sequence[Entry]) -> PublishOutcome:
         by_run: dict[uuid.UUID, list[str | int]] = {}
@@ -103,9 +240,11 @@ class RedisStreamSink:
             if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 # The server lost its script cache (a restart): load it again and re-send.
                 # Re-sending is safe because adding an entry twice is a no-op.
+                # A cluster client loads it on every primary (one node restarted, or a node
+                # new to the cluster that a resharding gave the run's slot).
                 self._script.sha = str(self.client.script_load(self._script.script))
                 replies = self._run_scripts(by_run)
-        except redis.RedisError as exc:
+        except ERRORS as exc:
             raise unavailable(exc) from exc
         outcome = PublishOutcome()
         for run_id, reply in zip(by_run, replies, strict=True):
@@ -121,10 +260,14 @@ class RedisStreamSink:
         return outcome
 
     def _run_scripts(self, by_run: dict[uuid.UUID, list[str | int]]) -> list[Any]:
-        # evalsha by hand: a pipeline of Script calls would ask SCRIPT EXISTS on every batch.
+        # EVALSHA by hand: a pipeline of Script calls would ask SCRIPT EXISTS on every batch,
+        # and a cluster pipeline refuses its evalsha() method, though it routes the command
+        # itself by its one key: each node gets its runs' scripts in one round trip, all
+        # nodes at once, and redis-py follows MOVED and ASK (a resharding) per command.
         pipe = self.client.pipeline(transaction=False)
         for run_id, args in by_run.items():
-            pipe.evalsha(self._script.sha, 1, stream_key(self.prefix, run_id), *args)
+            key = stream_key(self.prefix, run_id)
+            pipe.execute_command("EVALSHA", self._script.sha, 1, key, *args)
         return list(pipe.execute(raise_on_error=False))
 
 
@@ -144,7 +287,7 @@ def _decode(entries: Iterable[Any]) -> list[StreamEntry]:
 
 
 def read_stream(
-    client: redis.Redis, prefix: str, run_id: uuid.UUID, *, after: int = 0, count: int = 1000
+    client: Client, prefix: str, run_id: uuid.UUID, *, after: int = 0, count: int = 1000
 ) -> list[StreamEntry]:
     """Return up to ``count`` entries of the run's stream with seq above ``after``."""
     entries: Any = client.xrange(stream_key(prefix, run_id), min=f"({after}-0", count=count)
@@ -152,9 +295,76 @@ def read_stream(
 
 
 def wait_stream(
-    client: redis.Redis, prefix: str, run_id: uuid.UUID, *, after: int, block_ms: int
+    client: Client, prefix: str, run_id: uuid.UUID, *, after: int, block_ms: int
 ) -> list[StreamEntry]:
     """Block up to ``block_ms`` for entries with seq above ``after``."""
     key = stream_key(prefix, run_id)
     reply: Any = client.xread({key: f"{after}-0"}, block=block_ms, count=1000)
     return _decode(reply[0][1]) if reply else []
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _id_parts(entry_id: Any) -> tuple[int, int]:
+    first, _, second = _text(entry_id).partition("-")
+    return int(first), int(second or 0)
+
+
+def _field(fields: Any, name: str) -> str | None:
+    value = fields.get(name.encode(), fields.get(name))
+    return None if value is None else _text(value)
+
+
+class RedisStreamReader:
+    """Reads runs' streams back for `outbox verify` and `outbox replay`
+    (``tasks.verify.StreamReader``)."""
+
+    def __init__(self, client: Client, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def info(self, run_id: uuid.UUID) -> StreamInfo:
+        key = stream_key(self.prefix, run_id)
+        try:
+            reply: Any = self.client.xinfo_stream(key)
+        except redis.ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return StreamInfo()
+            raise self._failure(key, exc) from exc
+        except ERRORS as exc:
+            raise unavailable(exc) from exc
+        first, added = reply.get("first-entry"), reply.get("entries-added")
+        return StreamInfo(
+            length=int(reply["length"]),
+            last_seq=_id_parts(reply["last-generated-id"])[0],
+            entries_added=None if added is None else int(added),  # Redis 7 and later only
+            first_seq=_id_parts(first[0])[0] if first else None,
+        )
+
+    def read(
+        self, run_id: uuid.UUID, after: tuple[int, int] | None, last: int | None, count: int
+    ) -> list[StreamItem]:
+        key = stream_key(self.prefix, run_id)
+        low = "-" if after is None else f"({after[0]}-{after[1]}"
+        try:
+            entries: Any = self.client.xrange(
+                key, min=low, max="+" if last is None else str(last), count=count
+            )
+        except redis.ResponseError as exc:
+            raise self._failure(key, exc) from exc
+        except ERRORS as exc:
+            raise unavailable(exc) from exc
+        items = []
+        for entry_id, fields in entries:
+            seq, sub = _id_parts(entry_id)
+            type_, payload = _field(fields, "type"), _field(fields, "payload")
+            items.append(StreamItem(seq, sub, type_, payload, _field(fields, "event")))
+        return items
+
+    @staticmethod
+    def _failure(key: str, error: redis.ResponseError) -> Exception:
+        if is_outage(error):
+            return unavailable(error)
+        return StreamUnreadable(f"{key} cannot be read as a stream: {error}")

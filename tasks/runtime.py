@@ -13,8 +13,6 @@ import os
 import threading
 from typing import Any
 
-from redis import Redis
-
 from models.db import session_factory as make_session_factory
 from tasks import redis_sink
 from tasks.jobs import Worker
@@ -32,7 +30,7 @@ class Runtime:
 
     settings: Settings
     session_factory: SessionFactory
-    redis: Redis
+    redis: redis_sink.Client  # a single server's client or a cluster's (OUTBOX_REDIS_CLUSTER)
     store: SqlStore
     sink: Sink
     marks: QueuedMarks
@@ -46,12 +44,12 @@ class Runtime:
         settings: Settings,
         *,
         session_factory: SessionFactory | None = None,
-        redis_client: Redis | None = None,
+        redis_client: redis_sink.Client | None = None,
         sink: Sink | None = None,
     ) -> Runtime:
         """Build the collaborators that are not given from ``settings``."""
         client = redis_client or redis_sink.connect(
-            settings.redis_url, timeout=settings.redis_timeout
+            settings.redis_url, cluster=settings.redis_cluster, timeout=settings.redis_timeout
         )
         store = SqlStore(session_factory or make_session_factory(settings.database_url))
         return cls(
@@ -94,7 +92,10 @@ class Runtime:
         """The producers' DrainQueue: its own Redis client, with the kick's short timeout and
         no retries, so a kick costs ``kick_timeout`` at worst."""
         client = redis_sink.connect(
-            self.settings.redis_url, timeout=self.settings.kick_timeout, retries=0
+            self.settings.redis_url,
+            cluster=self.settings.redis_cluster,
+            timeout=self.settings.kick_timeout,
+            retries=0,
         )
         prefix = self.settings.queued_prefix
         return self.queue(QueuedMarks(client, prefix), KickedSet(client, prefix), sender)

@@ -204,3 +204,95 @@ SINK_UP = text(
     " WHERE sink_health.id = 1 AND s.down_since IS NOT NULL"
     " RETURNING extract(epoch FROM now() - s.down_since) AS seconds"
 )
+
+# Retention (tasks.purge). The cutoff comes from the database's clock, the clock that set
+# published_at, so a worker whose clock runs fast cannot shorten the retention window.
+PURGE_CUTOFF = text("SELECT now() - make_interval(secs => :seconds)")
+
+# What the purge may delete: published before :cutoff and below the run's cursor. A published
+# event at or past the cursor is kept: the drain is about to read it again.
+_PURGEABLE = """
+    e.published_at < :cutoff
+    AND e.seq < (SELECT o.next_seq FROM run_outbox AS o WHERE o.run_id = e.run_id)
+"""
+
+# One purge batch, one short transaction: up to :batch_size purgeable events, oldest first
+# through ix_run_events_published_at (never a scan of the table), deleted by primary key.
+# Why producers and drains never wait for it, nor it for them:
+# * its rows are published and below their run's cursor. Producers only insert new rows, and
+#   drains only update unpublished rows at or past the cursor, so nobody else locks them; the
+#   exceptions, a cascading run delete or another purge, hold rows that SKIP LOCKED passes over.
+# * it locks no `runs` or `run_outbox` row, so a producer holding its run's counter or a drain
+#   holding its run's cursor is not in its way, and it is not in theirs.
+# * it reads the cursor without a lock, which is safe because published_at is set once (from
+#   NULL) and next_seq only moves forward: a stale cursor is behind the truth, and the purge
+#   keeps more, never less.
+PURGE_BATCH = text(
+    f"""
+    WITH gone AS (
+        DELETE FROM run_events
+        WHERE id = ANY(ARRAY(
+            SELECT e.id FROM run_events AS e
+            WHERE {_PURGEABLE}
+            ORDER BY e.published_at
+            LIMIT :batch_size
+            FOR UPDATE OF e SKIP LOCKED
+        ))
+        RETURNING 1
+    )
+    SELECT count(*) FROM gone
+    """
+)
+
+# What a dry run reports: every purgeable event, counted through the same index.
+PURGE_COUNT = text(f"SELECT count(*) FROM run_events AS e WHERE {_PURGEABLE}")
+
+# `outbox verify` and `outbox replay` (tasks.verify, tasks.replay). A run is compared (or
+# replayed) while its cursor row is held, so no drain adds to its stream meanwhile: verify
+# shares the row (FOR KEY SHARE: the drain's FOR UPDATE SKIP LOCKED skips the run, other
+# verifies and the producers' counter row are not in its way); replay holds it alone. Both
+# wait for a drain's batch to end, up to the transaction's own lock_timeout.
+VERIFY_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :timeout, true)")
+VERIFY_HOLD_SHARED = text(
+    "SELECT next_seq FROM run_outbox WHERE run_id = :run_id FOR KEY SHARE OF run_outbox"
+)
+VERIFY_HOLD_EXCLUSIVE = text(
+    "SELECT next_seq FROM run_outbox WHERE run_id = :run_id FOR UPDATE OF run_outbox"
+)
+
+# A page of a run's published events (below its cursor), as the drain publishes them, cut
+# once the page holds :max_bytes of type and payload (the first event always comes); the
+# inner LIMIT keeps the read to one page of the (run_id, seq) index.
+VERIFY_PUBLISHED = text(
+    """
+    SELECT w.id, w.seq, w.type, w.payload
+    FROM (
+        SELECT t.*, sum(t.size) OVER (ORDER BY t.seq) - t.size AS bytes_before
+        FROM (
+            SELECT p.*, octet_length(p.type) + octet_length(p.payload) AS size
+            FROM (
+                SELECT e.id, e.seq, e.type, CAST(e.payload AS text) AS payload
+                FROM run_events AS e
+                WHERE e.run_id = :run_id AND e.seq > :after AND e.seq < :below
+                ORDER BY e.seq
+                LIMIT :limit
+            ) AS p
+        ) AS t
+    ) AS w
+    WHERE w.bytes_before < :max_bytes
+    ORDER BY w.seq
+    """
+)
+
+# A run's events at given seqs: what entries found above the cursor are compared with.
+VERIFY_EVENTS_AT = text(
+    "SELECT id, seq, type, CAST(payload AS text) AS payload FROM run_events"
+    " WHERE run_id = :run_id AND seq = ANY(CAST(:seqs AS bigint[])) ORDER BY seq"
+)
+
+# Every run, a page at a time in id order (`verify --all`), and how many there are.
+VERIFY_RUNS = text("SELECT run_id FROM run_outbox ORDER BY run_id LIMIT :limit")
+VERIFY_RUNS_AFTER = text(
+    "SELECT run_id FROM run_outbox WHERE run_id > :after ORDER BY run_id LIMIT :limit"
+)
+VERIFY_COUNT_RUNS = text("SELECT count(*) FROM run_outbox")

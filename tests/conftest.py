@@ -126,14 +126,19 @@ def outbox(
 
 @pytest.fixture
 def broker_queue(
-    outbox: runtime.Runtime, key_space: str, redis_client: redis.Redis
+    outbox: runtime.Runtime, key_space: str, redis_client: redis.Redis, broker_url: str
 ) -> Iterator[str]:
-    """Tasks this test sends go to the real broker, into a queue of its own: eager is off."""
+    """Tasks this test sends go to the real broker (``broker_url``, the sink's Redis unless
+    parametrised), routed as ``OUTBOX_QUEUE`` routes them, into a queue of its own: eager is
+    off."""
+    from tests import workers  # a plugin (pytest_plugins): imported once pytest has it
+
     name = f"{key_space}queue"
-    saved = app.conf.task_default_queue, app.conf.broker_url
-    app.conf.update(
-        task_always_eager=False, task_default_queue=name, broker_url=outbox.settings.redis_url
-    )
+    saved = app.conf.task_routes, app.conf.broker_url
+    app.conf.update(task_always_eager=False, task_routes={"outbox.*": {"queue": name}})
+    workers.point_app_at(broker_url)
     yield name
-    app.conf.update(task_always_eager=True, task_default_queue=saved[0], broker_url=saved[1])
-    redis_client.delete(f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
+    app.conf.update(task_always_eager=True, task_routes=saved[0])
+    workers.release_kick_connection()
+    workers.point_app_at(saved[1])
+    workers.delete_queue(broker_url, name, redis_client)

@@ -137,3 +137,156 @@ def black_hole() -> Iterator[BlackHole]:
         yield hole
     finally:
         hole.close()
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` ``redis-server`` nodes on 127.0.0.1, no replicas.
+
+    Each node is a RedisServer on free ports (its data port and its cluster bus port) with its
+    own directory under ``workdir``, so one can be stopped and started again by pid, keeping
+    its node id and slots (``nodes.conf``) and, with ``--appendonly yes`` in ``args``, its
+    data. Slots move with ``redis-cli --cluster reshard``, as an operator would move them.
+    """
+
+    def __init__(self, workdir: Path, masters: int = 3, *args: str) -> None:
+        ports: set[int] = set()
+        self.nodes: list[RedisServer] = []
+        for index in range(masters):
+            directory = workdir / f"node-{index}"
+            directory.mkdir()
+            bus = _fresh_port(ports)
+            node = RedisServer(
+                directory,
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(bus),
+                # A stopped master is failed after 2 s: a restart that takes longer makes the
+                # whole cluster answer CLUSTERDOWN until the node is back.
+                "--cluster-node-timeout", "2000",
+                *args,
+            )  # fmt: skip
+            while node.port in ports:  # a data port must not be another node's bus port
+                node = RedisServer(directory, *node.args)
+            ports.add(node.port)
+            self.nodes.append(node)
+
+    @property
+    def url(self) -> str:
+        """The URL of the first node: a client finds the others from it."""
+        return self.nodes[0].url
+
+    def start(self) -> RedisCluster:
+        """Start every node, join them into one cluster (the slots spread evenly), and wait
+        until every node agrees on the slots."""
+        for node in self.nodes:
+            node.start()
+        self._redis_cli("create", *(f"127.0.0.1:{node.port}" for node in self.nodes))
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Wait until every node says the cluster is ok and all agree on the slots."""
+        wait_until(self._healthy, timeout, "the Redis Cluster to be ok on every node")
+
+    def _healthy(self) -> bool:
+        with contextlib.suppress(redis.RedisError):
+            states = [node.client().execute_command("CLUSTER", "INFO") for node in self.nodes]
+            if not all(b"cluster_state:ok" in state for state in states):
+                return False
+            check = subprocess.run(
+                ["redis-cli", "--cluster", "check", f"127.0.0.1:{self.nodes[0].port}"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            return check.returncode == 0 and "All nodes agree" in check.stdout
+        return False
+
+    def node_id(self, node: RedisServer) -> str:
+        """The cluster's id of ``node``."""
+        return str(node.client().execute_command("CLUSTER", "MYID").decode())
+
+    def node_of(self, key: str) -> RedisServer:
+        """The node that serves ``key``'s slot now (asked of the cluster, not cached)."""
+        slot = redis.crc.key_slot(key.encode())
+        for start, end, master, *_ in self.nodes[0].client().execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                port = int(master[1])
+                return next(node for node in self.nodes if node.port == port)
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def slots(self, node: RedisServer) -> int:
+        """How many slots ``node`` serves now."""
+        reply = self.nodes[0].client().execute_command("CLUSTER", "SLOTS")
+        ranges = [(start, end) for start, end, master, *_ in reply if int(master[1]) == node.port]
+        return sum(end - start + 1 for start, end in ranges)
+
+    def reshard(self, source: RedisServer, target: RedisServer, slots: int) -> None:
+        """Move ``slots`` slots, with their keys, from ``source`` to ``target``."""
+        self._redis_cli(
+            "reshard", f"127.0.0.1:{self.nodes[0].port}",
+            "--cluster-from", self.node_id(source),
+            "--cluster-to", self.node_id(target),
+            "--cluster-slots", str(slots),
+            "--cluster-pipeline", "20",
+        )  # fmt: skip
+        self.wait_healthy()
+
+    def _redis_cli(self, command: str, *args: str) -> None:
+        done = subprocess.run(
+            ["redis-cli", "--cluster", command, *args, "--cluster-yes"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster {command} failed:\n{done.stdout}{done.stderr}")
+
+    def stop(self, *nodes: RedisServer) -> None:
+        """Stop ``nodes`` (by default every node) by pid, side by side: SIGTERM, then SIGKILL
+        what is left after 10 s; wait until their ports refuse connections."""
+        targets = nodes or tuple(self.nodes)
+        for node in targets:
+            pid = node.pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while any(node.pid() is not None for node in targets) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for node in targets:
+            pid = node.pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+        # Not RedisServer.stop: its check with redis-py's retries takes seconds per node.
+        wait_until(
+            lambda: all(node.pid() is None and _refuses(node.port) for node in targets),
+            10,
+            "the cluster's nodes to stop",
+        )
+        for node in targets:
+            node.pidfile.unlink(missing_ok=True)
+
+
+def _refuses(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _fresh_port(taken: set[int]) -> int:
+    port = free_port()
+    while port in taken:
+        port = free_port()
+    taken.add(port)
+    return port
+
+
+@contextlib.contextmanager
+def redis_cluster(workdir: Path, masters: int = 3, *args: str) -> Iterator[RedisCluster]:
+    """A private Redis Cluster for the duration of the block, always stopped afterwards."""
+    cluster = RedisCluster(workdir, masters, *args)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -1,7 +1,8 @@
 """What every sink must do (the rules in ``tasks.sink``), run against each sink we ship.
 
 The Redis sink runs against a private ``redis-server`` the suite starts, so that the outage
-cases can set its memory limit without touching a shared server.
+cases can set its memory limit without touching a shared server, and against a private
+three-master Redis Cluster (the same sink, with a cluster client).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tasks.errors import SinkUnavailable
 from tasks.sink import InMemorySink, Sink, StreamEntry
 from tests.fakes import Event
 from tests.helpers import unreachable_redis
-from tests.servers import RedisServer, redis_server
+from tests.servers import RedisCluster, RedisServer, redis_cluster, redis_server
 
 
 class Kit(Protocol):
@@ -101,16 +102,62 @@ class RedisKit:
         return redis_sink.RedisStreamSink(unreachable_redis(), self.prefix)
 
 
+class ClusterKit(RedisKit):
+    """The Redis sink on a cluster: the runs of one publish are spread over three masters."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.nodes = cluster.nodes
+        self.client = redis_sink.connect(cluster.url, cluster=True)  # type: ignore[assignment]
+        self.prefix = f"contract:{uuid.uuid4().hex[:8]}:"
+        self.sink = redis_sink.RedisStreamSink(redis_sink.connect(cluster.url), self.prefix)
+
+    @contextlib.contextmanager
+    def out_of_memory(self) -> Iterator[None]:
+        clients = [node.client() for node in self.nodes]  # every master is over its limit
+        for client in clients:
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", "1")
+        try:
+            yield
+        finally:
+            for client in clients:
+                client.config_set("maxmemory", "0")
+
+    def unreachable(self) -> Sink:
+        client = redis_sink.connect("redis://127.0.0.1:1/0", cluster=True, retries=0)
+        return redis_sink.RedisStreamSink(client, self.prefix)
+
+    def close(self) -> None:
+        self.client.close()
+        self.sink.client.close()
+
+
+@pytest.fixture(scope="module")
+def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    with redis_cluster(tmp_path_factory.mktemp("contract-cluster")) as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     with redis_server(tmp_path_factory.mktemp("contract-redis")) as server:
         yield server
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.services)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.services),
+        pytest.param("cluster", marks=pytest.mark.services),
+    ]
+)
 def kit(request: pytest.FixtureRequest) -> Kit:
     if request.param == "memory":
         return MemoryKit()
+    if request.param == "cluster":
+        cluster_kit = ClusterKit(request.getfixturevalue("private_cluster"))
+        request.addfinalizer(cluster_kit.close)
+        return cluster_kit
     server: RedisServer = request.getfixturevalue("private_redis")
     return RedisKit(server)
 

@@ -1,10 +1,12 @@
 """End to end: real `celery worker` (prefork) and beat subprocesses against the real broker.
 
-The worker and beat are always stopped by the ``celery_processes`` fixture, pass or fail.
+Every test runs on both brokers, Redis and RabbitMQ, each in a queue of its own. The worker
+and beat are always stopped by the ``celery_processes`` fixture, pass or fail.
 """
 
 from __future__ import annotations
 
+import pytest
 import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,7 +16,9 @@ from tasks import Status, drain_outbox_for_run
 from tasks.redis_sink import RedisStreamSink, stream_key
 from tasks.settings import Settings
 from tests.helpers import append, db_state, seed, stream_seqs, wait_until
-from tests.workers import CeleryProcesses
+from tests.workers import BROKERS, CeleryProcesses
+
+pytestmark = pytest.mark.parametrize("broker_url", BROKERS, indirect=True)
 
 
 def test_celery_call_drain_run_on_a_real_worker_publishes_the_run(

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import importlib
+import re
+import subprocess
+import sys
 import uuid
+from collections.abc import Callable
 
 import pytest
+from celery.app.backends import BACKEND_ALIASES
+from kombu.transport import TRANSPORT_ALIASES
 
 import celeryconfig
 from models import ConfigError, InvalidRunId, parse_run_id
 from models.db import normalize_url
 from models.producer import max_payload_bytes
-from tasks import app, sql
+from tasks import app, drain_run, drain_runs, sql
+from tasks.celery_app import InvalidTaskArguments
 from tasks.drain import DrainResult, Fault, Status
-from tasks.settings import Settings
+from tasks.settings import (
+    BROKER_SCHEMES,
+    RESULT_SCHEMES,
+    CelerySettings,
+    Settings,
+    check_environment,
+)
+from tasks.testing.processes import PROJECT_ROOT
+from tests.corpus import environment
 
 
 def test_settings_default_to_the_local_servers() -> None:
@@ -98,7 +113,7 @@ def test_beat_runs_dispatch_at_the_configured_interval(monkeypatch: pytest.Monke
     monkeypatch.setenv("OUTBOX_DISPATCH_INTERVAL", "0.25")
     reloaded = importlib.reload(celeryconfig)
     try:
-        [entry] = reloaded.beat_schedule.values()
+        entry = reloaded.beat_schedule["outbox-dispatch"]
         assert (entry["task"], entry["schedule"]) == ("outbox.dispatch", 0.25)
     finally:
         monkeypatch.delenv("OUTBOX_DISPATCH_INTERVAL")
@@ -136,3 +151,166 @@ def test_drain_results_have_the_json_form_the_tasks_return() -> None:
         "fault": "refused",
     }
     assert {s.value for s in Status} == {"drained", "more", "locked", "missing", "stalled"}
+
+
+# Every setting, checked at start-up (the corpus: tests/corpus/environment.py)
+
+
+@pytest.mark.parametrize("case", environment.CASES, ids=lambda case: case.id)
+def test_every_invalid_setting_is_refused_with_one_line_naming_it(
+    case: environment.EnvCase,
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        check_environment(case.env)
+
+    message = str(refused.value)
+    assert message == case.message
+    assert "\n" not in message
+    assert len(message) < 300
+    assert "s3cret" not in message  # a URL is never quoted, only its scheme
+
+
+def test_the_defaults_and_plain_values_of_every_setting_are_accepted() -> None:
+    check_environment({})
+    check_environment(
+        {
+            "OUTBOX_DATABASE_URL": "postgresql://app:s3cret@db.example:6432/app?sslmode=require",
+            "OUTBOX_REDIS_URL": "rediss://:s3cret@cache.example:6380/2",
+            "CELERY_BROKER_URL": "amqp://guest:guest@mq1//;amqp://guest:guest@mq2//",
+            "CELERY_RESULT_BACKEND": "db+postgresql://app@db.example/results",
+            "CELERY_TASK_DEFAULT_QUEUE": "outbox events",
+            "OUTBOX_KICK_ON_COMMIT": " Yes ",
+            "OUTBOX_BATCH_SIZE": " 250 ",
+            "OUTBOX_KICK_PAUSE": "+.5",
+            "OUTBOX_REDIS_TIMEOUT": "1e1",
+            # AMQP redelivers nothing after a visibility timeout: no cross-check then.
+            "CELERY_VISIBILITY_TIMEOUT": "1",
+        }
+    )
+
+
+def _range_message(name: str) -> str:
+    if name in environment.INTEGERS:
+        return f"{name} must be an integer from 1 to {environment.INTEGERS[name]}"
+    return f"{name} must be a number of seconds above 0 and at most {environment.SECONDS[name]}"
+
+
+@pytest.mark.parametrize("name", [*environment.INTEGERS, *environment.SECONDS])
+def test_every_number_is_accepted_at_both_ends_of_its_range(name: str) -> None:
+    high = environment.INTEGERS.get(name) or environment.SECONDS[name]
+    low = "1" if name in environment.INTEGERS else "0.001"
+    for value in (low, str(high)):
+        refused = ""
+        try:
+            check_environment({name: value})
+        except ConfigError as exc:
+            refused = str(exc)
+        # A value at an end may clash with another setting's default (a soft time limit of a
+        # day with the default hard one): that is a cross-check, not the range.
+        assert not refused.startswith(_range_message(name)), refused
+
+
+def test_the_visibility_timeout_is_checked_only_for_brokers_that_redeliver_by_it() -> None:
+    for broker in ("redis://h/0", "rediss://h/0", "sentinel://h:26379", "sqs://"):
+        with pytest.raises(ConfigError, match="CELERY_VISIBILITY_TIMEOUT"):
+            CelerySettings.from_env({"CELERY_BROKER_URL": broker, "CELERY_TASK_TIME_LIMIT": "900"})
+    for broker in ("amqp://h//", "pyamqp://h//"):
+        limits = CelerySettings.from_env(
+            {"CELERY_BROKER_URL": broker, "CELERY_TASK_TIME_LIMIT": "900"}
+        )
+        assert limits.time_limit == 900
+
+
+def test_the_broker_defaults_to_the_sinks_redis() -> None:
+    sink = "redis://:s3cret@cache.example:6379/3"
+    assert CelerySettings.from_env({"OUTBOX_REDIS_URL": sink}).broker_url == sink
+    assert CelerySettings.from_env({}).broker_url == "redis://127.0.0.1:6379/0"
+
+
+def test_the_accepted_schemes_are_the_transports_and_backends_celery_knows() -> None:
+    assert set(TRANSPORT_ALIASES) == BROKER_SCHEMES
+    assert set(BACKEND_ALIASES) == RESULT_SCHEMES
+
+
+def test_the_readme_says_what_each_number_accepts() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("### What each setting accepts", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", section, re.MULTILINE))
+    for name, high in environment.INTEGERS.items():
+        assert rows[name].startswith(f"1 to {high}"), name
+    for name, high in environment.SECONDS.items():
+        assert rows[name].startswith(f"above 0, at most {high} seconds"), name
+
+
+def test_an_application_that_imports_the_app_gets_a_config_error_not_an_exit() -> None:
+    # Only `celery -A tasks ...` stops the process: an application sees the exception.
+    program = (
+        "from models import ConfigError\n"
+        "from tasks import app\n"
+        "try:\n"
+        "    app.conf.task_time_limit\n"
+        "except ConfigError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=PROJECT_ROOT,
+        env={"PATH": "/usr/bin:/bin", "CELERY_BROKER_URL": "nonsense"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert done.stdout.startswith("refused: CELERY_BROKER_URL is not a valid broker URL")
+
+
+# Task arguments, checked before a task touches anything (tests/e2e/test_corpus_tasks.py sends
+# them to a real worker)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        pytest.param(
+            lambda: drain_run(),
+            "outbox.drain_run takes (run_id), got 0 positional and 0 keyword arguments: "
+            "missing a required argument: 'run_id'",
+            id="drain_run()",
+        ),
+        pytest.param(
+            lambda: drain_run("a", "b"),
+            "outbox.drain_run takes (run_id), got 2 positional and 0 keyword arguments: "
+            "too many positional arguments",
+            id="drain_run(a, b)",
+        ),
+        pytest.param(
+            lambda: drain_runs(run_ids=[], x="y" * 10_000),
+            "outbox.drain_runs takes (run_ids), got 0 positional and 2 keyword arguments: "
+            "got an unexpected keyword argument 'x'",
+            id="drain_runs(run_ids=[], x=...)",
+        ),
+        pytest.param(
+            lambda: drain_runs(str(uuid.UUID(int=1))),
+            "outbox.drain_runs takes a list of run ids, got '00000000-0000-0000-0000-000000000001'",
+            id="drain_runs(a string)",
+        ),
+        pytest.param(
+            lambda: drain_runs(["x"] * 10_001),
+            "outbox.drain_runs takes at most 10000 run ids, got 10001",
+            id="drain_runs(10001 ids)",
+        ),
+    ],
+)
+def test_wrong_task_arguments_fail_at_once_with_one_line_naming_the_task(
+    call: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(InvalidTaskArguments) as refused:
+        call()
+    assert str(refused.value) == message
+
+
+def test_bad_input_is_what_the_tasks_expect_so_the_worker_logs_it_without_a_traceback() -> None:
+    for name in ("outbox.drain_run", "outbox.drain_runs", "outbox.drain_kicked", "outbox.dispatch"):
+        assert set(app.tasks[name].throws) == {InvalidTaskArguments, InvalidRunId}

@@ -1,0 +1,283 @@
+"""Invalid settings: each case is an environment and the one line that refuses it.
+
+The line is what follows ``Error: `` on stderr, from the worker, beat and every `outbox`
+command alike, and the message of the ConfigError that ``check_environment`` raises. The
+bounds below are the contract (the README's table says the same); the code must match them.
+Cases marked ``processes`` also run against real `celery worker` and `celery beat` processes:
+at least one per variable, and every value that the reliability issue reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvCase:
+    """Run with ``env`` (over an otherwise valid environment), and be refused with ``message``."""
+
+    id: str
+    env: dict[str, str]
+    message: str
+    processes: bool = False  # also start a real worker and beat with it
+
+
+# The upper bound of every numeric setting (the lower one is 1, or above 0 for seconds).
+INTEGERS = {
+    "OUTBOX_BATCH_SIZE": 100_000,
+    "OUTBOX_BATCH_MAX_BYTES": 268_435_456,
+    "OUTBOX_MAX_BATCHES": 10_000,
+    "OUTBOX_MAX_ATTEMPTS": 1_000,
+    "OUTBOX_GROUP_SIZE": 10_000,
+    "OUTBOX_DISPATCH_LIMIT": 1_000_000,
+    "OUTBOX_QUEUED_TTL": 86_400,
+    "OUTBOX_MAX_PAYLOAD_BYTES": 67_108_864,
+}
+SECONDS = {
+    "OUTBOX_KICK_LINGER": 60,
+    "OUTBOX_KICK_TIMEOUT": 60,
+    "OUTBOX_KICK_PAUSE": 3_600,
+    "OUTBOX_REDIS_TIMEOUT": 3_600,
+    "OUTBOX_DISPATCH_INTERVAL": 3_600,
+    "CELERY_VISIBILITY_TIMEOUT": 604_800,
+    "CELERY_TASK_SOFT_TIME_LIMIT": 86_400,
+    "CELERY_TASK_TIME_LIMIT": 86_400,
+}
+
+# Besides 0, nan and one above the bound, which every numeric setting gets, one more each, so
+# that every kind of wrong number is refused somewhere.
+_MORE_INTEGERS = {
+    "OUTBOX_BATCH_SIZE": "100000000000000000000",  # a database error before
+    "OUTBOX_BATCH_MAX_BYTES": "-1",
+    "OUTBOX_MAX_BATCHES": "1.5",
+    "OUTBOX_MAX_ATTEMPTS": "1e3",
+    "OUTBOX_GROUP_SIZE": "ten",
+    "OUTBOX_DISPATCH_LIMIT": "1_000",
+    "OUTBOX_QUEUED_TTL": "inf",
+    "OUTBOX_MAX_PAYLOAD_BYTES": " ",
+}
+_MORE_SECONDS = {
+    "OUTBOX_KICK_LINGER": "-0.01",
+    "OUTBOX_KICK_TIMEOUT": "inf",
+    "OUTBOX_KICK_PAUSE": "5s",
+    "OUTBOX_REDIS_TIMEOUT": "1e999",
+    "OUTBOX_DISPATCH_INTERVAL": "-inf",
+    "CELERY_VISIBILITY_TIMEOUT": "Infinity",
+    "CELERY_TASK_SOFT_TIME_LIMIT": "0x10",
+    "CELERY_TASK_TIME_LIMIT": "1_0",
+}
+# The values the issue reported as accepted and failing later.
+_REPORTED = {("OUTBOX_BATCH_SIZE", "0"), ("OUTBOX_BATCH_SIZE", "100000000000000000000")}
+
+
+def _integer_cases() -> list[EnvCase]:
+    cases = []
+    for name, high in INTEGERS.items():
+        for value in ("0", "nan", str(high + 1), _MORE_INTEGERS[name]):
+            cases.append(
+                EnvCase(
+                    f"{name}={value}",
+                    {name: value},
+                    f"{name} must be an integer from 1 to {high}, got {value!r}",
+                    processes=value == "nan" or (name, value) in _REPORTED,
+                )
+            )
+    return cases
+
+
+def _seconds_cases() -> list[EnvCase]:
+    cases = []
+    for name, high in SECONDS.items():
+        for value in ("0", "nan", str(high + 1), _MORE_SECONDS[name]):
+            cases.append(
+                EnvCase(
+                    f"{name}={value}",
+                    {name: value},
+                    f"{name} must be a number of seconds above 0 and at most {high}, got {value!r}",
+                    processes=value in ("nan", "inf"),
+                )
+            )
+    return cases
+
+
+_REDIS_SCHEMES = "(redis://, rediss://, unix://)"
+_BROKER_SCHEMES = (
+    "(amqp://, pyamqp://, redis://, rediss://, sentinel://, sqs://, ... (Kombu's transports))"
+)
+_BACKEND_SCHEMES = "(redis://, rediss://, rpc://, db+postgresql://, ... (Celery's backends))"
+_PORT = "its host and port cannot be read (the port must be a number up to 65535)"
+_PRINTABLE = "must be printable text of at most 200 characters"
+
+OTHER_CASES = [
+    # URLs: the scheme is named, never the rest, which may hold a password.
+    EnvCase(
+        "OUTBOX_REDIS_URL=http://...",
+        {"OUTBOX_REDIS_URL": "http://user:s3cret@127.0.0.1:6379/0"},
+        "OUTBOX_REDIS_URL is not a valid Redis URL: Redis URL must specify one of the "
+        f"following schemes {_REDIS_SCHEMES}, got 'http://'",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL without a scheme",
+        {"OUTBOX_REDIS_URL": "127.0.0.1:6379"},
+        "OUTBOX_REDIS_URL is not a valid Redis URL: Redis URL must specify one of the "
+        f"following schemes {_REDIS_SCHEMES}",
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL with a port that is no number",
+        {"OUTBOX_REDIS_URL": "redis://:s3cret@127.0.0.1:port/0"},
+        f"OUTBOX_REDIS_URL is not a valid Redis URL: {_PORT}",
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL with a port out of range",
+        {"OUTBOX_REDIS_URL": "redis://127.0.0.1:99999/0"},
+        f"OUTBOX_REDIS_URL is not a valid Redis URL: {_PORT}",
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL with a space",
+        {"OUTBOX_REDIS_URL": "redis://127.0.0.1:6379/0 redis://other"},
+        "OUTBOX_REDIS_URL is not a valid Redis URL: it contains spaces or control characters",
+    ),
+    EnvCase(
+        "CELERY_BROKER_URL=nonsense",
+        {"CELERY_BROKER_URL": "nonsense"},
+        "CELERY_BROKER_URL is not a valid broker URL: broker URL must specify one of the "
+        f"following schemes {_BROKER_SCHEMES}",
+        processes=True,
+    ),
+    EnvCase(
+        "CELERY_BROKER_URL=http://...",
+        {"CELERY_BROKER_URL": "http://guest:s3cret@127.0.0.1:5672//"},
+        "CELERY_BROKER_URL is not a valid broker URL: broker URL must specify one of the "
+        f"following schemes {_BROKER_SCHEMES}, got 'http://'",
+    ),
+    EnvCase(
+        "CELERY_BROKER_URL failover list with a bad member",
+        {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/0;ftp://127.0.0.1"},
+        "CELERY_BROKER_URL is not a valid broker URL: broker URL must specify one of the "
+        f"following schemes {_BROKER_SCHEMES}, got 'ftp://'",
+    ),
+    EnvCase(
+        "CELERY_BROKER_URL with a port that is no number",
+        {"CELERY_BROKER_URL": "amqp://guest:s3cret@127.0.0.1:amqp//"},
+        f"CELERY_BROKER_URL is not a valid broker URL: {_PORT}",
+    ),
+    EnvCase(
+        "CELERY_RESULT_BACKEND=nonsense://",
+        {"CELERY_RESULT_BACKEND": "nonsense://127.0.0.1"},
+        "CELERY_RESULT_BACKEND is not a valid result backend URL: result backend URL must "
+        f"specify one of the following schemes {_BACKEND_SCHEMES}, got 'nonsense://'",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_DATABASE_URL=mysql://...",
+        {"OUTBOX_DATABASE_URL": "mysql://root:s3cret@127.0.0.1/outbox"},
+        "OUTBOX_DATABASE_URL must use PostgreSQL with the psycopg 3 driver "
+        "(postgresql+psycopg://...), got driver 'mysql'",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_DATABASE_URL with a port that is no number",
+        {"OUTBOX_DATABASE_URL": "postgresql://postgres:s3cret@127.0.0.1:pg/outbox"},
+        "OUTBOX_DATABASE_URL is not a valid SQLAlchemy URL "
+        "(postgresql+psycopg://user:password@host:5432/database)",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_DATABASE_URL with a port out of range",
+        {"OUTBOX_DATABASE_URL": "postgresql://postgres@127.0.0.1:70000/outbox"},
+        "OUTBOX_DATABASE_URL must have a port from 1 to 65535",
+    ),
+    EnvCase(
+        "OUTBOX_DATABASE_URL that is no URL",
+        {"OUTBOX_DATABASE_URL": "host=127.0.0.1 dbname=outbox"},
+        "OUTBOX_DATABASE_URL is not a valid SQLAlchemy URL "
+        "(postgresql+psycopg://user:password@host:5432/database)",
+    ),
+    # Text: key prefixes and the queue name.
+    EnvCase(
+        "OUTBOX_STREAM_PREFIX with a newline",
+        {"OUTBOX_STREAM_PREFIX": "outbox\n:run:"},
+        f"OUTBOX_STREAM_PREFIX {_PRINTABLE}, got 'outbox\\n:run:'",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_STREAM_PREFIX of 201 characters",
+        {"OUTBOX_STREAM_PREFIX": "p" * 201},
+        f"OUTBOX_STREAM_PREFIX {_PRINTABLE}, got {'p' * 60!r}... (201 characters)",
+    ),
+    EnvCase(
+        "OUTBOX_STREAM_PREFIX with bytes that are not UTF-8",
+        {"OUTBOX_STREAM_PREFIX": "run:\udcff"},  # byte 0xff, as Python reads the environment
+        f"OUTBOX_STREAM_PREFIX {_PRINTABLE}, got 'run:\\udcff'",
+    ),
+    EnvCase(
+        "OUTBOX_QUEUED_PREFIX with a tab",
+        {"OUTBOX_QUEUED_PREFIX": "queued\t"},
+        f"OUTBOX_QUEUED_PREFIX {_PRINTABLE}, got 'queued\\t'",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_STREAM_PREFIX equal to OUTBOX_QUEUED_PREFIX",
+        {"OUTBOX_STREAM_PREFIX": "outbox:", "OUTBOX_QUEUED_PREFIX": "outbox:"},
+        "OUTBOX_STREAM_PREFIX and OUTBOX_QUEUED_PREFIX must differ, both are 'outbox:'",
+        processes=True,
+    ),
+    EnvCase(
+        "CELERY_TASK_DEFAULT_QUEUE with an escape sequence",
+        {"CELERY_TASK_DEFAULT_QUEUE": "queue\x1b[31m"},
+        f"CELERY_TASK_DEFAULT_QUEUE {_PRINTABLE}, got 'queue\\x1b[31m'",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_QUEUE with a newline",
+        {"OUTBOX_QUEUE": "outbox\n"},
+        f"OUTBOX_QUEUE {_PRINTABLE}, got 'outbox\\n'",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_RETENTION=0",
+        {"OUTBOX_RETENTION": "0"},
+        "OUTBOX_RETENTION must be a duration longer than zero, got '0'",
+        processes=True,
+    ),
+    # Flags.
+    EnvCase(
+        "OUTBOX_KICK_ON_COMMIT=maybe",
+        {"OUTBOX_KICK_ON_COMMIT": "maybe"},
+        "OUTBOX_KICK_ON_COMMIT must be 1/0, true/false, yes/no or on/off, got 'maybe'",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_KICK_ON_COMMIT=2",
+        {"OUTBOX_KICK_ON_COMMIT": "2"},
+        "OUTBOX_KICK_ON_COMMIT must be 1/0, true/false, yes/no or on/off, got '2'",
+    ),
+    # Settings that are valid alone but not together.
+    EnvCase(
+        "OUTBOX_KICK_LINGER not below OUTBOX_REDIS_TIMEOUT",
+        {"OUTBOX_KICK_LINGER": "5"},
+        "OUTBOX_KICK_LINGER (5.0s) must be shorter than OUTBOX_REDIS_TIMEOUT (5.0s)",
+        processes=True,
+    ),
+    EnvCase(
+        "CELERY_TASK_SOFT_TIME_LIMIT not below CELERY_TASK_TIME_LIMIT",
+        {"CELERY_TASK_SOFT_TIME_LIMIT": "300"},
+        "CELERY_TASK_SOFT_TIME_LIMIT (300s) must be below CELERY_TASK_TIME_LIMIT (300s)",
+        processes=True,
+    ),
+    EnvCase(
+        "CELERY_TASK_TIME_LIMIT not below CELERY_VISIBILITY_TIMEOUT",
+        {"CELERY_TASK_TIME_LIMIT": "900"},
+        "CELERY_VISIBILITY_TIMEOUT (600s) must be above CELERY_TASK_TIME_LIMIT (900s)",
+        processes=True,
+    ),
+    EnvCase(
+        "CELERY_VISIBILITY_TIMEOUT below CELERY_TASK_TIME_LIMIT",
+        {"CELERY_VISIBILITY_TIMEOUT": "100"},
+        "CELERY_VISIBILITY_TIMEOUT (100s) must be above CELERY_TASK_TIME_LIMIT (300s)",
+    ),
+]
+
+CASES = _integer_cases() + _seconds_cases() + OTHER_CASES
+PROCESS_CASES = [case for case in CASES if case.processes]
