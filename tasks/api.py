@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+from models.errors import InvalidRunId, preview
 from models.ids import parse_run_id
 from tasks import drain, runtime
 from tasks.drain import DrainResult, Fault, PassResult, Status
@@ -29,6 +30,13 @@ def _collaborators(
     return store, publisher or current.sink, settings or current.settings
 
 
+def _run_ids(run_ids: Sequence[uuid.UUID | str]) -> list[uuid.UUID]:
+    # A lone id is a str, itself a sequence: refuse it whole rather than char by char.
+    if isinstance(run_ids, (str, bytes)):
+        raise InvalidRunId(f"expected a list of run ids, got {preview(run_ids)}")
+    return [parse_run_id(r) for r in run_ids]
+
+
 def drain_outbox_for_runs(
     run_ids: Sequence[uuid.UUID | str],
     *,
@@ -40,7 +48,7 @@ def drain_outbox_for_runs(
 
     Raises InvalidRunId if one of ``run_ids`` is not a UUID, before anything is drained.
     """
-    ids = [parse_run_id(r) for r in run_ids]
+    ids = _run_ids(run_ids)
     store, sink, settings = _collaborators(session_factory, publisher, settings)
     return drain.drain_runs(store, sink, ids, settings.limits)
 
@@ -92,8 +100,9 @@ def resume(
 ) -> list[uuid.UUID]:
     """Put parked runs back in service (all of them when ``run_ids`` is None).
 
-    Returns the runs resumed; their attempts start again from zero.
+    Returns the runs resumed (named runs that were not parked are not); their attempts
+    start again from zero.
     """
-    ids = None if run_ids is None else [parse_run_id(r) for r in run_ids]
+    ids = None if run_ids is None else _run_ids(run_ids)
     store = SqlStore(session_factory) if session_factory else runtime.current().store
     return store.resume(ids)

@@ -26,6 +26,7 @@ import redis
 import sqlalchemy.exc
 from sqlalchemy import select
 
+import tasks.outbox  # noqa: F401 - registers the kicker, so `emit` kicks when configured to
 from models import Run, RunOutbox, append_event, create_run, errors, migrate
 from models.ids import parse_run_id
 from tasks import api, redis_sink, runtime, sql

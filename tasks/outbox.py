@@ -70,10 +70,18 @@ class BoundedSender(CelerySender):
         try:
             send()
         except BaseException:
-            if self._connection is not None:
-                self._connection.release()  # a fresh one next time
-                self._connection = None
+            self._release()  # a fresh one next time
             raise
+
+    def close(self) -> None:
+        """Close the connection, if one is open (the next send opens another)."""
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
+        if self._connection is not None:
+            self._connection.release()
+            self._connection = None
 
     def _options(self) -> dict[str, Any]:
         if self._connection is None:
@@ -92,7 +100,7 @@ def _bounded_options(timeout: float) -> dict[str, Any]:
 
 _SENDER = CelerySender()
 _worker_cache: tuple[runtime.Runtime, jobs.Worker] | None = None
-_kicker_cache: tuple[runtime.Runtime, Kicker] | None = None
+_kicker_cache: tuple[runtime.Runtime, Kicker, BoundedSender] | None = None
 
 
 def _worker() -> jobs.Worker:
@@ -116,10 +124,18 @@ def kick(run_ids: Sequence[uuid.UUID]) -> None:
         logger.warning("could not kick a drain: %s", exc)
         return
     if _kicker_cache is None or _kicker_cache[0] is not current:
+        if _kicker_cache is not None:
+            _kicker_cache[2].close()  # the runtime was replaced: its broker connection goes
         sender = BoundedSender(current.settings.kick_timeout)
         kicker = Kicker(lambda: current.kick_queue(sender), current.settings.kick_pause)
-        _kicker_cache = (current, kicker)
+        _kicker_cache = (current, kicker, sender)
     _kicker_cache[1](run_ids)
+
+
+def close_kicker() -> None:
+    """Close the producers' kick connection of this process (at shutdown, or in tests)."""
+    if _kicker_cache is not None:
+        _kicker_cache[2].close()
 
 
 kicks.set_kicker(kick)

@@ -103,7 +103,7 @@ _RESUME = (
     "UPDATE run_outbox SET status = 'active', attempts = 0, last_error = NULL, retry_at = NULL,"
     " updated_at = now() WHERE {which} RETURNING run_id"
 )
-RESUME = text(_RESUME.format(which="run_id = ANY(CAST(:run_ids AS uuid[]))"))
+RESUME = text(_RESUME.format(which="run_id = ANY(CAST(:run_ids AS uuid[])) AND status = 'stalled'"))
 RESUME_ALL = text(_RESUME.format(which="status = 'stalled'"))
 
 # Runs with events committed at or after their (new) cursor: checked after a short batch, since

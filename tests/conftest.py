@@ -19,6 +19,7 @@ from sqlalchemy import URL, Engine, orm
 
 from models.db import make_engine
 from tasks import app, runtime
+from tasks.outbox import close_kicker
 from tasks.redis_sink import RedisStreamSink
 from tasks.settings import Settings
 from tests import services
@@ -139,6 +140,6 @@ def broker_queue(
     workers.point_app_at(broker_url)
     yield name
     app.conf.update(task_always_eager=True, task_routes=saved[0])
-    workers.release_kick_connection()
+    close_kicker()  # an AMQP socket left to the garbage collector is a ResourceWarning
     workers.point_app_at(saved[1])
     workers.delete_queue(broker_url, name, redis_client)

@@ -133,23 +133,6 @@ def point_app_at(broker_url: str) -> None:
     app.amqp._producer_pool = None
 
 
-def release_kick_connection() -> None:
-    """Close the broker connection that this process's producer kicks opened, if any.
-
-    ``tasks.outbox`` keeps it with the kicker of the current runtime, and drops it unclosed
-    once a later test configures another runtime and kicks. An AMQP socket left to the
-    garbage collector is a ResourceWarning, which fails whatever test runs at that moment.
-    """
-    from tasks import outbox
-
-    cached = outbox._kicker_cache
-    queue = cached[1]._queue if cached is not None else None
-    sender = queue.sender if queue is not None else None
-    if isinstance(sender, outbox.BoundedSender) and sender._connection is not None:
-        sender._connection.release()
-        sender._connection = None
-
-
 def delete_queue(broker_url: str, queue: str, redis_client: redis.Redis) -> None:
     """Delete what the broker keeps of this test's ``queue``, and nothing else."""
     if is_amqp(broker_url):
