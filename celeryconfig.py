@@ -62,6 +62,11 @@ enable_utc = True
 
 DISPATCH_INTERVAL = _settings.dispatch_interval
 
+# Not Celery's: read by the worker's and beat's signal handlers (tasks.celery_app). A warm
+# shutdown waits this long for running drains, then cancels them (tasks.shutdown).
+outbox_shutdown_timeout = _settings.shutdown_timeout
+outbox_log_format = _settings.log_format  # "text" or "json" (tasks.logs)
+
 beat_schedule = {
     "outbox-dispatch": {
         "task": "outbox.dispatch",

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import URL, Engine, create_engine, make_url
+from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,8 +73,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the project's JSON and timeout settings."""
     options = kwargs.pop("connect_args", {})
     options.setdefault("options", f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
-    options.setdefault("application_name", "outbox")
-    return create_engine(
+    engine = create_engine(
         normalize_url(url),
         # No ping per checkout: it would cost a round trip per batch. A broken connection fails
         # the statement instead; SQLAlchemy replaces it and the task retries.
@@ -79,6 +82,55 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         connect_args=options,
         **kwargs,
     )
+    if "application_name" not in options:
+        event.listen(engine, "do_connect", _name_connection)
+    return engine
+
+
+# Who a connection belongs to, as PostgreSQL shows it (pg_stat_activity.application_name):
+# "outbox <role> host=<host> pid=<pid>", so that a drainer attached to a database can be named
+# and found (the test plugin's guard, tasks.testing.guard, does). The name is made for each new
+# connection, so a prefork pool child, whose inherited pool models.db drops, reports its own pid.
+APPLICATION_NAME_PREFIX = "outbox"
+MAX_APPLICATION_NAME = 63  # PostgreSQL's NAMEDATALEN - 1: it cuts longer names silently
+ROLES = ("worker", "beat", "cli", "app")
+_role: str | None = None
+
+
+def identify_as(role: str) -> None:
+    """Name this process's role in its connections: worker, beat, cli or app (in-process)."""
+    global _role
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {errors.preview(role)}")
+    _role = role
+
+
+def process_role() -> str:
+    """This process's role: as identified, else ``cli`` under the ``outbox`` command, else
+    ``app`` (a drain in an application's process, a script or a test)."""
+    if _role is not None:
+        return _role
+    return "cli" if sys.argv and Path(sys.argv[0]).name == "outbox" else "app"
+
+
+def host_label() -> str:
+    """This machine's short host name, in the characters an application_name keeps."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname().split(".")[0])
+
+
+def application_name(role: str | None = None, pid: int | None = None) -> str:
+    """``outbox <role> host=<host> pid=<pid>`` for this process, the host cut to fit 63
+    characters (never the pid)."""
+    role = role or process_role()
+    pid = os.getpid() if pid is None else pid
+    fixed = len(f"{APPLICATION_NAME_PREFIX} {role} host= pid={pid}")
+    host = host_label()[: max(0, MAX_APPLICATION_NAME - fixed)]
+    return f"{APPLICATION_NAME_PREFIX} {role} host={host} pid={pid}"
+
+
+def _name_connection(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    # A name given in the URL's query wins.
+    cparams.setdefault("application_name", application_name())
 
 
 def get_engine(url: str | URL | None = None) -> Engine:

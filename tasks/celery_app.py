@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 from typing import Any
 
 import click
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
 from models import errors
+from models.db import identify_as
+from tasks import logs, metrics, shutdown
 from tasks.settings import check_environment
 
 # The most characters of Python's own complaint about the arguments that an error quotes: a
@@ -71,3 +75,59 @@ _refuse_invalid_settings_under_the_celery_command()
 
 app = Celery("outbox", include=["tasks.outbox"])
 app.config_from_object("celeryconfig")
+
+
+# Workers and beat say what they are in their database connections' application_name
+# (models.db), so a drainer attached to a database can be named. Pool children inherit the
+# role, and each connection carries the pid of the process that opened it.
+@signals.worker_init.connect(dispatch_uid="outbox.identify_worker")
+def _identify_worker(**_: Any) -> None:
+    identify_as("worker")
+
+
+@signals.beat_init.connect(dispatch_uid="outbox.identify_beat")
+def _identify_beat(**_: Any) -> None:
+    identify_as("beat")
+
+
+# Logging of the worker and beat (tasks.logs): JSON lines with OUTBOX_LOG_FORMAT=json, and no
+# line for a dispatch tick that found nothing to queue. Pool processes inherit both.
+@signals.after_setup_logger.connect(dispatch_uid="outbox.setup_logger")
+def _setup_logger(logger: logging.Logger, **_: Any) -> None:
+    logs.quiet_idle_dispatch()
+    if app.conf.outbox_log_format == "json":
+        logs.format_as_json(logger, _current_task)
+
+
+@signals.after_setup_task_logger.connect(dispatch_uid="outbox.setup_task_logger")
+def _setup_task_logger(logger: logging.Logger, **_: Any) -> None:
+    if app.conf.outbox_log_format == "json":
+        logs.format_as_json(logger, _current_task)
+
+
+def _current_task() -> dict[str, str]:
+    """The task a JSON line was logged in, if any: its name and id."""
+    task = app.current_task
+    if task is None or task.request.id is None:
+        return {}
+    return {"task": task.name, "task_id": str(task.request.id)}
+
+
+# Graceful shutdown (tasks.shutdown): on a warm shutdown the drains stop after their batch,
+# and a cold shutdown cancels what still runs after OUTBOX_SHUTDOWN_TIMEOUT.
+@signals.worker_shutting_down.connect(dispatch_uid="outbox.stop_drains")
+def _stop_drains(how: str, **_: Any) -> None:
+    if how == "Warm":  # a cold shutdown cancels the running drains itself
+        shutdown.begin(app.conf.outbox_shutdown_timeout)
+
+
+@signals.worker_shutdown.connect(dispatch_uid="outbox.drains_stopped")
+def _drains_stopped(**_: Any) -> None:
+    shutdown.end()
+
+
+# Metrics in prometheus_client's multiprocess mode (tasks.metrics): a pool process that ends
+# has its live gauges' files removed.
+@signals.worker_process_shutdown.connect(dispatch_uid="outbox.metrics_process_dead")
+def _metrics_process_dead(pid: int, **_: Any) -> None:
+    metrics.process_exited(pid, os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None)

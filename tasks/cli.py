@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import sys
 import time
 import urllib.parse
@@ -29,7 +30,7 @@ from sqlalchemy import select
 import tasks.outbox  # noqa: F401 - registers the kicker, so `emit` kicks when configured to
 from models import Run, RunOutbox, append_event, create_run, errors, migrate
 from models.ids import parse_run_id
-from tasks import api, redis_sink, runtime, sql
+from tasks import api, metrics, redis_sink, runtime, sql
 from tasks import purge as retention
 from tasks import replay as stream_replay
 from tasks import verify as stream_verify
@@ -37,7 +38,7 @@ from tasks.drain import DrainResult, Status
 from tasks.errors import PublishError, SinkUnavailable, StoreUnavailable
 from tasks.redis_sink import RedisStreamReader
 from tasks.runtime import Runtime
-from tasks.settings import check_environment
+from tasks.settings import check_environment, metrics_dir
 
 FAILED, BAD_INPUT = 1, 2  # exit statuses (0 is success)
 MAX_MESSAGE_CHARS = 500  # an error line never echoes a huge input or server answer
@@ -531,7 +532,7 @@ def verify_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
 
 
 @main.command("replay")
-@click.argument("run_id", callback=_run_id)
+@click.argument("run_id", required=False, callback=_run_id, metavar="RUN_ID")
 @click.option(
     "--from-seq",
     type=click.IntRange(min=1),
@@ -539,20 +540,106 @@ def verify_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
     show_default=True,
     help="First seq to put back.",
 )
-def replay_command(run_id: uuid.UUID, from_seq: int) -> None:
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Delete the stream and publish every published event again, from the first.",
+)
+@click.option(
+    "--all-lost", is_flag=True, help="Replay (or rebuild) every run whose stream misses events."
+)
+@click.pass_context
+def replay_command(
+    ctx: click.Context, run_id: uuid.UUID | None, from_seq: int, rebuild: bool, all_lost: bool
+) -> None:
     """Put RUN_ID's published events back into its stream, from --from-seq on, exactly once.
 
     Only events still in the database come back (see `outbox purge`). Exits with 1 if some
-    could not be restored (a conflict, or entries below the stream's last id).
+    could not be restored (a conflict, or entries below the stream's last id). --rebuild
+    deletes the stream and writes it anew (its consumers read it again from the start).
+    --all-lost, without RUN_ID, replays (with --rebuild: rebuilds) every run whose stream
+    misses published events.
     """
+    if run_id is not None and all_lost:
+        raise click.UsageError("give either a RUN_ID or --all-lost, not both")
+    if run_id is None and not all_lost:  # as click says it of a required argument
+        run_id_param = next(param for param in ctx.command.params if param.name == "run_id")
+        raise click.MissingParameter(ctx=ctx, param=run_id_param)
+    from_given = ctx.get_parameter_source("from_seq") is not click.core.ParameterSource.DEFAULT
+    if from_given and (rebuild or all_lost):
+        raise click.UsageError("--from-seq goes with a plain replay of one run only")
     current = _current()
     ledger, reader = _stream_checks(current)
-    first = min(from_seq, MAX_BIGINT)
-    result = stream_replay.replay_run(ledger, reader, current.sink, run_id, from_seq=first)
+    prefix = current.settings.stream_prefix
+
+    def erase(run: uuid.UUID) -> None:
+        current.redis.delete(redis_sink.stream_key(prefix, run))
+
+    if run_id is None:  # --all-lost
+        summary = stream_replay.replay_lost(
+            ledger, reader, current.sink, erase, rebuild=rebuild, on_run=_echo_replayed
+        )
+        click.echo(summary.line())
+        if not summary.ok:
+            raise click.ClickException("some streams are still wrong: see the lines above")
+        return
+    if rebuild:
+        result = stream_replay.rebuild_run(ledger, reader, current.sink, erase, run_id)
+    else:
+        first = min(from_seq, MAX_BIGINT)
+        result = stream_replay.replay_run(ledger, reader, current.sink, run_id, from_seq=first)
     click.echo(result.line())
     problem = result.problem()
     if problem is not None:
         raise click.ClickException(problem)
+
+
+def _echo_replayed(result: stream_replay.ReplayResult) -> None:
+    """Print a replayed run's line, and on stderr why it is incomplete, if it is."""
+    click.echo(result.line())
+    problem = result.problem()
+    if problem is not None:
+        click.echo(f"  {_line(problem)}", err=True)
+
+
+@main.command("metrics")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=metrics.DEFAULT_PORT,
+    show_default=True,
+    help="Port to listen on.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0: every interface).",
+)
+def metrics_command(port: int, host: str) -> None:
+    """Serve Prometheus metrics over HTTP, at /metrics, until Ctrl-C or SIGTERM.
+
+    The workers' counts come from PROMETHEUS_MULTIPROC_DIR, the directory they write them to:
+    run this on their machine, with the same variable. The database's gauges (pending events,
+    lag, stalled runs, sink outage) are read at each scrape.
+    """
+    current = _current()
+    directory = metrics_dir(os.environ)
+    registry = metrics.scrape_registry(metrics.SqlBacklog(current.session_factory), directory)
+    try:
+        server = metrics.MetricsServer(registry, host, port)
+    except OSError as exc:  # the port is taken, the host unknown or not ours
+        problem = exc.strerror or str(exc)
+        raise click.ClickException(f"cannot listen on {host}:{port}: {problem}") from exc
+    if directory is None:
+        click.echo(
+            "PROMETHEUS_MULTIPROC_DIR is not set: serving the database's gauges only, "
+            "not the workers' counts",
+            err=True,
+        )
+    click.echo(f"serving metrics at http://{host}:{port}/metrics (Ctrl-C or SIGTERM stops)")
+    server.serve_until_stopped()
+    click.echo("stopped")
 
 
 @main.command()

@@ -22,7 +22,7 @@ import enum
 import itertools
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tasks import retry
@@ -228,6 +228,7 @@ def drain_runs(
     limits: Limits,
     *,
     check_again: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> list[DrainResult]:
     """Drain several runs together, for up to ``limits.max_batches`` batches; one result each.
 
@@ -238,12 +239,15 @@ def drain_runs(
     After a short batch a run is usually drained, but a producer may have committed while
     this drain held it, and a kick then found it locked: with ``check_again``, each such run
     is looked at once more, without locks, after the commit.
+
+    ``should_stop`` is asked before each batch: once it says so (the worker is shutting
+    down), the drain ends between two batches and the runs left over are ``more``.
     """
     ids = list(dict.fromkeys(run_ids))
     progress = {run_id: _Progress() for run_id in ids}
     todo = ids
     for _ in range(limits.max_batches):
-        if not todo:
+        if not todo or should_stop():
             break
         try:
             outcomes = drain_batch(store, sink, todo, limits)

@@ -18,11 +18,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from tasks import drain
+from tasks import drain, logs
 from tasks.drain import DrainResult, Fault, Limits, Status
 from tasks.errors import SinkUnavailable, StoreUnavailable
 from tasks.outages import OutageLog, SinkGate
@@ -51,6 +52,23 @@ class KickedRuns(Protocol):
     def release(self) -> None: ...
 
 
+class Meter(Protocol):
+    """Counts what each drain did (``tasks.metrics.DrainMeter``)."""
+
+    def drained(self, results: Sequence[DrainResult], seconds: float) -> None: ...
+
+
+class Unmetered:
+    """A meter that counts nothing: the default (tests, and workers built without metrics)."""
+
+    def drained(self, results: Sequence[DrainResult], seconds: float) -> None:
+        """Count nothing."""
+
+
+def _never() -> bool:
+    return False
+
+
 @dataclasses.dataclass(frozen=True)
 class Worker:
     """Everything a task needs, built once per process by ``tasks.runtime``."""
@@ -64,6 +82,9 @@ class Worker:
     limits: Limits
     kick_linger: float
     database: OutageLog = dataclasses.field(default_factory=lambda: OutageLog("database"))
+    meter: Meter = dataclasses.field(default_factory=Unmetered)
+    # True once the worker shuts down (tasks.shutdown): drains stop between two batches.
+    should_stop: Callable[[], bool] = _never
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +110,35 @@ def drain_group(
 ) -> Group:
     """Drain ``run_ids`` (a queued drain, whose marks it releases, unless ``queued`` is False).
 
-    Runs that hit the batch limit get a follow-up drain at once.
+    Runs that hit the batch limit, or that a shutdown left over, get a follow-up drain at
+    once. Logs one line for the drain (``tasks.logs.drain_line``) and counts it.
     """
+    started = time.monotonic()
+    sink = logs.PublishedSeqs(worker.sink)
+    group = _drain_group(worker, sink, run_ids, queued=queued, check_again=check_again)
+    seconds = time.monotonic() - started
+    message, fields = logs.drain_line(group.results, sink.ranges, seconds)
+    logger.info(message, extra=fields)
+    try:
+        worker.meter.drained(group.results, seconds)
+    except Exception as exc:  # noqa: BLE001 - the drain is committed: a count must not fail it
+        logger.warning("could not count a drain in the metrics: %s", exc)
+    return group
+
+
+def _drain_group(
+    worker: Worker, sink: Sink, run_ids: Sequence[uuid.UUID], *, queued: bool, check_again: bool
+) -> Group:
     try:
         if queued:
             worker.queue.started(run_ids)
         results = drain.drain_runs(
-            worker.store, worker.sink, run_ids, worker.limits, check_again=check_again
+            worker.store,
+            sink,
+            run_ids,
+            worker.limits,
+            check_again=check_again,
+            should_stop=worker.should_stop,
         )
     except (SinkUnavailable, StoreUnavailable) as exc:
         return _unavailable(worker, run_ids, exc)
@@ -135,16 +178,16 @@ def drain_kicked(worker: Worker) -> Group:
 
     Kicks meanwhile add to this drain's work instead of queueing more tasks. With the set
     empty it waits up to ``kick_linger`` seconds for another kick before it clears the mark
-    and ends; after ``max_batches`` groups a successor takes over. Whatever ends it (an
-    outage, a time limit, any error), the runs it took and did not drain go back to the set
-    and the mark is released, so the next kick queues a new drain.
+    and ends; after ``max_batches`` groups, or when the worker shuts down, a successor takes
+    over. Whatever ends it (an outage, a time limit, any error), the runs it took and did not
+    drain go back to the set and the mark is released, so the next kick queues a new drain.
     """
     results: list[DrainResult] = []
     taken: list[uuid.UUID] = []
     try:
         worker.kicked.hold(worker.queue.ttl)  # a chain of successors must not outlive it
         groups = 0
-        while groups < worker.limits.max_batches:
+        while groups < worker.limits.max_batches and not worker.should_stop():
             taken = worker.kicked.take(worker.limits.group_size)
             if not taken:
                 if worker.kicked.wait(worker.kick_linger) or not worker.kicked.finish():

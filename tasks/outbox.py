@@ -12,6 +12,7 @@ Importing this module registers the producers' kicker (``models.kicks``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import uuid
@@ -22,12 +23,12 @@ from kombu import Connection
 
 from models import errors, kicks
 from models.ids import parse_run_id
-from tasks import jobs, redis_sink, runtime
+from tasks import jobs, metrics, redis_sink, runtime, shutdown
 from tasks import purge as retention
 from tasks import replay as stream_replay
 from tasks import verify as stream_verify
 from tasks.celery_app import CheckedTask, InvalidTaskArguments, app
-from tasks.queueing import Kicker
+from tasks.queueing import DrainQueue, Kicker
 from tasks.settings import MAX_GROUP_SIZE
 
 logger = logging.getLogger(__name__)
@@ -108,8 +109,30 @@ def _worker() -> jobs.Worker:
     global _worker_cache
     current = runtime.current()
     if _worker_cache is None or _worker_cache[0] is not current:
-        _worker_cache = (current, current.worker(_SENDER))
+        worker = current.worker(_SENDER)
+        worker = dataclasses.replace(worker, meter=metrics.meter(), should_stop=shutdown.requested)
+        _worker_cache = (current, worker)
     return _worker_cache[1]
+
+
+class CountedKicks(DrainQueue):
+    """The producers' DrainQueue, counting the kicks that queued no drain (one was queued or
+    running already: ``outbox_kicks_coalesced_total``)."""
+
+    @classmethod
+    def of(cls, queue: DrainQueue) -> CountedKicks:
+        """The same queue, counted."""
+        return cls(
+            queue.marks, queue.kicked, queue.sender, group_size=queue.group_size, ttl=queue.ttl
+        )
+
+    def kick(self, run_ids: Sequence[uuid.UUID]) -> bool:
+        queued = super().kick(run_ids)
+        try:
+            metrics.meter().kicked(queued)
+        except Exception as exc:  # noqa: BLE001 - a count never fails a kick
+            logger.warning("could not count a kick in the metrics: %s", exc)
+        return queued
 
 
 def kick(run_ids: Sequence[uuid.UUID]) -> None:
@@ -127,7 +150,9 @@ def kick(run_ids: Sequence[uuid.UUID]) -> None:
         if _kicker_cache is not None:
             _kicker_cache[2].close()  # the runtime was replaced: its broker connection goes
         sender = BoundedSender(current.settings.kick_timeout)
-        kicker = Kicker(lambda: current.kick_queue(sender), current.settings.kick_pause)
+        kicker = Kicker(
+            lambda: CountedKicks.of(current.kick_queue(sender)), current.settings.kick_pause
+        )
         _kicker_cache = (current, kicker, sender)
     _kicker_cache[1](run_ids)
 

@@ -11,6 +11,7 @@ a cluster client routes each command, and each command of a pipeline, to its slo
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,8 @@ from tasks import scripts
 from tasks.errors import SinkUnavailable
 from tasks.sink import Entry, PublishOutcome, StreamEntry, conflict_message
 from tasks.verify import StreamInfo, StreamItem, StreamUnreadable
+
+logger = logging.getLogger(__name__)
 
 # Error codes (the first word of a Redis error) that speak about the server, not about a key:
 # out of memory, a replica, loading its data, busy with a script, failing to persist, a
@@ -48,11 +51,6 @@ OUTAGE_CODES = frozenset(
 )
 
 
-class ClusterModeUnknown(redis.RedisError):
-    """The server refused ``INFO cluster``, so the client cannot tell whether it is a cluster
-    node (an outage: nothing is published until OUTBOX_REDIS_CLUSTER says which)."""
-
-
 class ClusterUnreachable(redis.ConnectionError):
     """No node of the cluster answered, or the server is no cluster node, when the cluster
     client was made (redis-py raises RedisClusterException, which is not a RedisError)."""
@@ -70,7 +68,6 @@ _OUTAGE_TYPES = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.AuthenticationError,
     redis.exceptions.NoPermissionError,
-    ClusterModeUnknown,
     # A cluster that cannot serve a slot now: down (CLUSTERDOWN, MASTERDOWN), a multi-key
     # command split by a resharding (TRYAGAIN), redirections past the client's limit
     # ("TTL exhausted"), a slot that no node serves, no node reachable. redis-py takes the
@@ -139,11 +136,15 @@ def is_cluster_node(client: redis.Redis) -> bool:
     """Ask the server behind ``client`` whether it is a Redis Cluster node (``INFO cluster``)."""
     try:
         info: Any = client.info("cluster")
-    except redis.ResponseError as exc:  # INFO refused (ACL) or renamed away
-        raise ClusterModeUnknown(
-            f"cannot tell whether OUTBOX_REDIS_URL is a Redis Cluster node, INFO cluster was "
-            f"refused ({exc}): set OUTBOX_REDIS_CLUSTER to 1 (a cluster) or 0 (one server)"
-        ) from exc
+    except redis.ResponseError as exc:  # INFO refused (an ACL) or renamed away
+        # A single server, as before there was a choice: a cluster node would answer MOVED
+        # for the keys of other nodes, an outage whose message names OUTBOX_REDIS_CLUSTER.
+        logger.warning(
+            "INFO cluster was refused (%s): using OUTBOX_REDIS_URL as a single Redis server; "
+            "set OUTBOX_REDIS_CLUSTER to 1 (a cluster) or 0 (one server) to say which",
+            exc,
+        )
+        return False
     return bool(info.get("cluster_enabled"))
 
 
@@ -208,11 +209,14 @@ class LazyClient:
         """Close the connections of the real client, and of the one that asked the server."""
         if isinstance(self._client, redis.RedisCluster):
             # RedisCluster.close() leaves its nodes' pooled connections open (redis-py 8.1).
-            self._client.disconnect_connection_pools()
+            cluster: Any = self._client  # redis-py leaves the method untyped
+            cluster.disconnect_connection_pools()
             self._client.close()
         self._single.close()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # ours, before __init__ set it (copy, pickle): not the client's
+            raise AttributeError(name)
         return getattr(self.client, name)
 
 

@@ -17,13 +17,23 @@ at a time, next to the same range of the stream, and for each event:
 Seqs below ``StreamInfo.trimmed_below`` were trimmed by consumers on purpose: replay leaves
 them alone. The run's cursor row is held alone (``FOR UPDATE``) for the whole replay, so no
 drain adds later entries to the stream meanwhile, which would push the missing ones below
-the stream's last id. Like verify, this module knows neither Celery nor Redis.
+the stream's last id.
+
+``rebuild_run`` is for the entries a replay cannot put back: holding the cursor row the same
+way, it checks that the stream holds nothing but the run's own entries, deletes the stream's
+key and publishes every published event still in the database again, from the first. The
+stream is new: its consumers read it again from the start, and consumer groups on the key are
+gone with it. ``replay_lost`` replays (or rebuilds) every run whose stream misses events.
+
+Like verify, this module knows neither Celery nor Redis: the stream's key is deleted by a
+callable it is given (``StreamEraser``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from models.errors import preview
@@ -33,12 +43,18 @@ from tasks.verify import (
     MAX_SUB,
     PAGE_SIZE,
     Ledger,
+    RunReport,
     SeqRanges,
     StreamReader,
+    compare,
     difference,
     published_pages,
     stream_items,
+    verify_all,
 )
+
+# Deletes a run's stream key (the CLI's: DEL of ``<prefix><run_id>`` on the sink's Redis).
+StreamEraser = Callable[[uuid.UUID], object]
 
 
 @dataclasses.dataclass
@@ -54,6 +70,8 @@ class ReplayResult:
     stream_last_seq: int = 0  # the stream's last id when replay began
     conflict: str | None = None  # why replay stopped at an entry that is another event
     refused: str | None = None  # what the sink answered when it refused the entries
+    rebuilt: bool = False  # the stream's key was deleted and the stream written anew
+    removed: int = 0  # entries the stream held when a rebuild deleted its key
 
     @property
     def complete(self) -> bool:
@@ -62,6 +80,11 @@ class ReplayResult:
 
     def line(self) -> str:
         """The CLI's line: what replay added and found."""
+        if self.rebuilt:
+            return (
+                f"{self.run_id}: rebuilt, {self.removed} entries removed with the old stream, "
+                f"added {self.added}"
+            )
         text = f"{self.run_id}: added {self.added}, {self.already_present} already present"
         if self.trimmed_below > self.from_seq:
             text += f"; below {self.trimmed_below} trimmed by consumers, left alone"
@@ -96,6 +119,8 @@ class ReplayResult:
         if self.not_restored:
             result["not_restored_seqs"] = str(self.not_restored)
             result["stream_last_seq"] = self.stream_last_seq
+        if self.rebuilt:
+            result |= {"rebuilt": True, "removed": self.removed}
         if self.trimmed_below > self.from_seq:
             result["trimmed_below"] = self.trimmed_below
         if self.conflict is not None:
@@ -187,3 +212,133 @@ def replay_run(
                 result.added += outcome.added[run_id]
                 result.already_present += outcome.present[run_id]
         return result
+
+
+def rebuild_run(
+    ledger: Ledger,
+    reader: StreamReader,
+    sink: Sink,
+    erase: StreamEraser,
+    run_id: uuid.UUID,
+    *,
+    page_size: int = PAGE_SIZE,
+    max_bytes: int = MAX_BYTES,
+) -> ReplayResult:
+    """Delete the run's stream and publish its published events again, from the first.
+
+    For what a replay cannot restore: entries at or below the stream's last id (a drain
+    published later events into a stream that had lost its front, or entries were deleted
+    from its middle). The cursor row is held alone throughout, so no drain publishes
+    meanwhile (drains skip the run). A stream holding anything but the run's own entries
+    (another event at an id, an entry the publisher never wrote) is left as it is and the
+    result says why: it is not this run's to delete.
+
+    Raises as ``replay_run`` does. A rebuild cut short by an outage leaves the stream
+    partly written, never wrong: rebuilding again completes it.
+    """
+    with ledger.hold(run_id, exclusive=True) as held:
+        report = compare(held, reader, run_id, page_size=page_size, max_bytes=max_bytes)
+        info = reader.info(run_id)
+        result = ReplayResult(run_id, 1, stream_last_seq=info.last_seq)
+        if report.differ or report.extra:
+            result.conflict = _not_ours(report)
+            return result
+        erase(run_id)
+        result.rebuilt, result.removed = True, info.length
+        for page in published_pages(held, page_size=page_size, max_bytes=max_bytes):
+            outcome = sink.publish(page)
+            if run_id in outcome.conflicts:
+                result.conflict = outcome.conflicts[run_id]
+                return result
+            if run_id in outcome.refused:
+                result.refused = outcome.refused[run_id]
+                return result
+            result.added += outcome.added[run_id]
+            result.already_present += outcome.present[run_id]
+        return result
+
+
+def _not_ours(report: RunReport) -> str:
+    found = []
+    if report.differ:
+        found.append(f"entries holding other events at {report.differ}")
+    if report.extra:
+        found.append(f"entries the publisher did not write at {report.extra}")
+    return (
+        f"the stream holds {' and '.join(found)} (was a run with this id deleted and created "
+        "again?), so it was not deleted. Move or delete the stream, then replay again"
+    )
+
+
+@dataclasses.dataclass
+class LostSummary:
+    """What ``replay_lost`` did over every run."""
+
+    runs: int = 0  # runs verified
+    replayed: int = 0  # runs whose streams missed events and were replayed or rebuilt
+    complete: int = 0  # of those, the runs whose streams now hold every published event
+    added: int = 0
+    left_alone: int = 0  # runs whose streams are wrong in ways a replay does not mend
+
+    @property
+    def ok(self) -> bool:
+        """True when every stream that missed events was restored and none was left wrong."""
+        return self.complete == self.replayed and self.left_alone == 0
+
+    def line(self) -> str:
+        """The CLI's summary line."""
+        head = (
+            f"verified {self.runs} run{'' if self.runs == 1 else 's'}: "
+            f"{self.replayed} stream{' ' if self.replayed == 1 else 's '}missed events, "
+            f"{self.complete} restored; {self.added} entries added"
+        )
+        if self.left_alone:
+            head += (
+                f"; {self.left_alone} wrong in other ways, left alone (see `outbox verify --all`)"
+            )
+        return head
+
+
+def replay_lost(
+    ledger: Ledger,
+    reader: StreamReader,
+    sink: Sink,
+    erase: StreamEraser,
+    *,
+    rebuild: bool = False,
+    on_run: Callable[[ReplayResult], None] | None = None,
+    page_size: int = PAGE_SIZE,
+    max_bytes: int = MAX_BYTES,
+) -> LostSummary:
+    """Verify every run and replay each whose stream misses published events (rebuild it,
+    with ``rebuild``); ``on_run`` hears each of their results.
+
+    Only streams that miss events and hold nothing else wrong are touched: a stream with
+    other events or stray entries in it (a run id used again), or that cannot be read, is
+    counted as left alone. Runs are replayed one at a time, each while its cursor is held.
+    """
+    summary = LostSummary()
+
+    def restore(report: RunReport) -> None:
+        summary.runs += 1
+        if not report.wrong:
+            return
+        if report.differ or report.extra or report.error or not report.missing:
+            summary.left_alone += 1
+            return
+        if rebuild:
+            result = rebuild_run(
+                ledger, reader, sink, erase, report.run_id, page_size=page_size, max_bytes=max_bytes
+            )
+        else:
+            result = replay_run(
+                ledger, reader, sink, report.run_id, page_size=page_size, max_bytes=max_bytes
+            )
+        summary.replayed += 1
+        summary.complete += result.complete
+        summary.added += result.added
+        if on_run is not None:
+            on_run(result)
+
+    verify_all(ledger, reader, on_run=restore, page_size=page_size, max_bytes=max_bytes)
+    return summary

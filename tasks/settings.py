@@ -12,6 +12,7 @@ from sqlalchemy import URL
 from models import env as settings_env
 from models.db import database_url
 from models.errors import ConfigError
+from models.errors import preview as errors_preview
 from models.producer import kick_by_default, max_payload_bytes
 from tasks.drain import Limits
 from tasks.purge import DEFAULT_RETENTION, duration_setting
@@ -58,6 +59,8 @@ MAX_REDIS_TIMEOUT = 3_600.0
 MAX_DISPATCH_INTERVAL = 3_600.0
 MAX_TASK_SECONDS = 86_400.0  # the Celery time limits
 MAX_VISIBILITY_TIMEOUT = 7 * 86_400.0  # above the longest time limit
+MAX_SHUTDOWN_TIMEOUT = 86_400.0  # OUTBOX_SHUTDOWN_TIMEOUT
+LOG_FORMATS = ("text", "json")  # OUTBOX_LOG_FORMAT
 
 # The numeric fields of Settings: each one's variable and upper bound.
 INTEGER_SETTINGS = {
@@ -218,6 +221,8 @@ class CelerySettings:
     soft_time_limit: float = 240.0
     time_limit: float = 300.0
     dispatch_interval: float = 1.0
+    shutdown_timeout: float = 30.0  # a warm shutdown's wait for running drains (tasks.shutdown)
+    log_format: str = "text"  # or "json": one JSON object per line (tasks.logs)
 
     def __post_init__(self) -> None:
         # A soft limit at or past the hard one never fires: the task is killed first, and
@@ -287,7 +292,35 @@ class CelerySettings:
             dispatch_interval=settings_env.seconds(
                 env, "OUTBOX_DISPATCH_INTERVAL", cls.dispatch_interval, high=MAX_DISPATCH_INTERVAL
             ),
+            shutdown_timeout=settings_env.seconds(
+                env, "OUTBOX_SHUTDOWN_TIMEOUT", cls.shutdown_timeout, high=MAX_SHUTDOWN_TIMEOUT
+            ),
+            log_format=log_format(env),
         )
+
+
+def log_format(env: Mapping[str, str]) -> str:
+    """OUTBOX_LOG_FORMAT: ``text`` (Celery's own lines) or ``json`` (one object per line)."""
+    raw = settings_env.text(env, "OUTBOX_LOG_FORMAT", LOG_FORMATS[0])
+    value = raw.strip().lower()
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"OUTBOX_LOG_FORMAT must be text or json, got {errors_preview(raw)}")
+    return value
+
+
+def metrics_dir(env: Mapping[str, str]) -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR, if set: a directory this process can write its metrics to.
+
+    prometheus_client writes there from the first metric a process counts; a directory that
+    is missing would fail every drain instead of the start-up.
+    """
+    path = env.get("PROMETHEUS_MULTIPROC_DIR") or None
+    if path is not None and not (os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)):
+        raise ConfigError(
+            "PROMETHEUS_MULTIPROC_DIR must name an existing directory this process can write "
+            f"to, got {errors_preview(path)}"
+        )
+    return path
 
 
 def check_environment(environ: Mapping[str, str] | None = None) -> None:
@@ -301,3 +334,4 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     CelerySettings.from_env(env)
     max_payload_bytes(env)
     kick_by_default(env)
+    metrics_dir(env)

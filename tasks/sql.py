@@ -296,3 +296,52 @@ VERIFY_RUNS_AFTER = text(
     "SELECT run_id FROM run_outbox WHERE run_id > :after ORDER BY run_id LIMIT :limit"
 )
 VERIFY_COUNT_RUNS = text("SELECT count(*) FROM run_outbox")
+
+# The gauges of `outbox metrics` (tasks.metrics), read at each scrape in one statement, under
+# the transaction's own statement_timeout (a scrape gives up long before the session's 60 s).
+# Its cost follows the backlog, never the history (EXPLAIN ANALYZE with 500,000 published and
+# 100 pending events of 20 runs: 0.7 ms, index scans only, no scan of either table):
+# * pending events and the oldest one's age: a bitmap scan of the partial index of pending
+#   events, ix_run_events_pending, and the heap pages of those rows only;
+# * runs with pending events: the skip scan dispatch uses (one index probe per run);
+# * parked runs: those runs' cursors, looked up one by one by primary key. A run is parked
+#   only when its batch failed, so a parked run always has pending events;
+# * the sink's outage: the one row of sink_health (NULL while the sink is up).
+METRICS_TIMEOUT = text("SELECT set_config('statement_timeout', :timeout, true)")
+METRICS = text(
+    """
+    WITH RECURSIVE pending(run_id) AS (
+        (
+            SELECT run_id FROM run_events WHERE published_at IS NULL
+            ORDER BY run_id LIMIT 1
+        )
+        UNION ALL
+        SELECT (
+            SELECT e.run_id FROM run_events AS e
+            WHERE e.published_at IS NULL AND e.run_id > p.run_id
+            ORDER BY e.run_id LIMIT 1
+        )
+        FROM pending AS p
+        WHERE p.run_id IS NOT NULL
+    ),
+    backlog AS (
+        SELECT count(*) AS events, min(created_at) AS oldest
+        FROM run_events WHERE published_at IS NULL
+    )
+    SELECT
+        b.events AS pending_events,
+        coalesce(extract(epoch FROM now() - b.oldest), 0) AS oldest_pending_age,
+        (SELECT count(*) FROM pending AS p WHERE p.run_id IS NOT NULL) AS pending_runs,
+        (
+            SELECT count(*) FROM pending AS p
+            CROSS JOIN LATERAL (
+                SELECT 1 FROM run_outbox AS o
+                WHERE o.run_id = p.run_id AND o.status = 'stalled'
+                LIMIT 1
+            ) AS parked
+        ) AS stalled_runs,
+        (SELECT extract(epoch FROM now() - h.down_since) FROM sink_health AS h WHERE h.id = 1)
+            AS sink_down_seconds
+    FROM backlog AS b
+    """
+)

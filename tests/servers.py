@@ -290,3 +290,114 @@ def redis_cluster(workdir: Path, masters: int = 3, *args: str) -> Iterator[Redis
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 and a free port to ``upstream_port`` on 127.0.0.1, whose
+    behaviour a fault test sets while it runs (``set_mode``):
+
+    * ``pass``: bytes go through as they come;
+    * ``delay``: each chunk waits ``delay`` seconds before it goes on (a slow link);
+    * ``stall``: connections stay open, new ones are accepted, and nothing goes through in
+      either direction (a black hole) until the mode changes;
+    * ``drop``: every open connection is closed, and new ones are closed as soon as they are
+      accepted.
+
+    Threads, not asyncio: the test's own thread stays free to drive the scenario. Two pump
+    threads per connection; everything is closed by ``close``.
+    """
+
+    MODES = ("pass", "delay", "stall", "drop")
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(128)
+        self.port = int(self.listener.getsockname()[1])
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.mode = "pass"
+        self.delay = 0.0
+        self.accepted = 0  # connections accepted so far, for the test to see they came
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def set_mode(self, mode: str, delay: float = 0.0) -> None:
+        """Behave as ``mode`` from now on (``delay``: seconds per chunk, for ``delay``)."""
+        assert mode in self.MODES, mode
+        self.mode, self.delay = mode, delay
+        if mode == "drop":
+            self._close_pairs()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while not self._closed.is_set():
+                client, _ = self.listener.accept()
+                self.accepted += 1
+                if self.mode == "drop":
+                    client.close()
+                    continue
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.upstream_port), 5)
+                except OSError:
+                    client.close()  # the upstream is down: so is the proxied service
+                    continue
+                with self._lock:
+                    self._pairs.append((client, upstream))
+                for source, target in ((client, upstream), (upstream, client)):
+                    pump = threading.Thread(target=self._pump, args=(source, target), daemon=True)
+                    pump.start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        source.settimeout(0.1)  # to notice a change of mode while nothing comes
+        with contextlib.suppress(OSError):
+            while not self._closed.is_set():
+                if self.mode == "stall":
+                    self._closed.wait(0.05)  # read nothing: the peer's bytes wait in the socket
+                    continue
+                try:
+                    chunk = source.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                if self.mode == "delay":
+                    self._closed.wait(self.delay)
+                while self.mode == "stall" and not self._closed.is_set():
+                    self._closed.wait(0.05)  # a chunk read as the stall began waits with it
+                target.sendall(chunk)
+        for end in (source, target):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def _close_pairs(self) -> None:
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for end in pair:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+    def close(self) -> None:
+        """Stop accepting and close every connection."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self._close_pairs()
+
+
+@contextlib.contextmanager
+def tcp_proxy(upstream_port: int) -> Iterator[TcpProxy]:
+    """A TCP proxy to ``upstream_port`` for the duration of the block, always closed."""
+    proxy = TcpProxy(upstream_port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()

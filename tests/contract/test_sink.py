@@ -107,7 +107,7 @@ class ClusterKit(RedisKit):
 
     def __init__(self, cluster: RedisCluster) -> None:
         self.nodes = cluster.nodes
-        self.client = redis_sink.connect(cluster.url, cluster=True)  # type: ignore[assignment]
+        self.client = redis_sink.connect(cluster.url, cluster=True)
         self.prefix = f"contract:{uuid.uuid4().hex[:8]}:"
         self.sink = redis_sink.RedisStreamSink(redis_sink.connect(cluster.url), self.prefix)
 
@@ -151,15 +151,16 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
         pytest.param("cluster", marks=pytest.mark.services),
     ]
 )
-def kit(request: pytest.FixtureRequest) -> Kit:
+def kit(request: pytest.FixtureRequest) -> Iterator[Kit]:
     if request.param == "memory":
-        return MemoryKit()
-    if request.param == "cluster":
+        yield MemoryKit()
+    elif request.param == "cluster":
         cluster_kit = ClusterKit(request.getfixturevalue("private_cluster"))
-        request.addfinalizer(cluster_kit.close)
-        return cluster_kit
-    server: RedisServer = request.getfixturevalue("private_redis")
-    return RedisKit(server)
+        yield cluster_kit
+        cluster_kit.close()  # RedisCluster clients hold sockets the GC would warn about
+    else:
+        server: RedisServer = request.getfixturevalue("private_redis")
+        yield RedisKit(server)
 
 
 _ids = iter(range(1, 10**9))

@@ -9,6 +9,7 @@ loopback ports, stopped by pid afterwards.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +30,6 @@ from tasks.errors import SinkUnavailable
 from tasks.redis_marks import KickedSet, QueuedMarks
 from tasks.redis_sink import (
     Client,
-    ClusterModeUnknown,
     LazyClient,
     RedisStreamSink,
     connect,
@@ -154,18 +154,21 @@ def test_a_single_server_client_on_a_cluster_node_meets_an_outage_that_names_the
 
 
 @services
-def test_a_server_that_refuses_info_is_an_outage_until_the_mode_is_set(
-    tmp_path: Path, connected: Callable[..., Client]
+def test_a_server_that_refuses_info_is_taken_for_a_single_server_with_a_warning(
+    tmp_path: Path, connected: Callable[..., Client], caplog: pytest.LogCaptureFixture
 ) -> None:
     run_id = uuid.uuid4()
     no_info = ("--user", "default", "on", "nopass", "~*", "&*", "+@all", "-info")
     with redis_server(tmp_path, *no_info) as server:
-        asking = RedisStreamSink(connected(server.url), "t:")
-        with pytest.raises(SinkUnavailable, match=r"ClusterModeUnknown.*OUTBOX_REDIS_CLUSTER"):
-            asking.publish(events([run_id], range(1, 2)))
+        client = connected(server.url)
+        with caplog.at_level(logging.WARNING, logger="tasks.redis_sink"):
+            added = RedisStreamSink(client, "t:").publish(events([run_id], range(1, 2))).added
 
-        told = RedisStreamSink(connected(server.url, cluster=False), "t:")
-        assert told.publish(events([run_id], range(1, 2))).added == {run_id: 1}
+    assert added == {run_id: 1}
+    assert isinstance(client, LazyClient)
+    assert type(client.client) is redis.Redis
+    assert "INFO cluster was refused" in caplog.text
+    assert "set OUTBOX_REDIS_CLUSTER" in caplog.text
 
 
 @services
@@ -258,7 +261,6 @@ def test_a_cluster_that_cannot_serve_a_slot_is_an_outage_never_a_refusal() -> No
         redis.exceptions.AskError("3999 127.0.0.1:7002"),
         redis.exceptions.SlotNotCoveredError("Slot 3999 is not covered by the cluster."),
         redis.exceptions.RedisClusterException("Redis Cluster cannot be connected."),
-        ClusterModeUnknown("cannot tell whether OUTBOX_REDIS_URL is a Redis Cluster node"),
     ]
 
     assert [error for error in outages if not is_outage(error)] == []

@@ -1,0 +1,102 @@
+"""Logs end to end: real prefork workers and beat at --loglevel INFO.
+
+An idle deployment logs nothing per dispatch tick; a drain logs one line with its run, seqs,
+counts and duration; OUTBOX_LOG_FORMAT=json makes every log record one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from tasks.testing import processes
+from tests.helpers import db_state, seed, wait_until
+from tests.workers import CeleryProcesses
+
+TICK = 0.2  # OUTBOX_DISPATCH_INTERVAL: five dispatches a second
+
+
+def dispatches_run(celery_processes: CeleryProcesses) -> int:
+    """How many outbox.dispatch tasks this test's worker has run (`celery inspect stats`)."""
+    done = subprocess.run(
+        [*processes.celery_command("inspect", "stats", "--json", "--timeout", "5")],
+        cwd=processes.PROJECT_ROOT,
+        env=celery_processes.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # The broker may hold other tests' workers: ours is named after the test's queue.
+    replies = json.loads(done.stdout or "{}")
+    ours = [stats for name, stats in replies.items() if name.startswith(celery_processes.queue)]
+    return sum(int(stats["total"].get("outbox.dispatch", 0)) for stats in ours)
+
+
+def test_an_idle_worker_and_beat_at_info_log_nothing_per_dispatch_tick(
+    Session: sessionmaker[Session],
+    celery_processes: CeleryProcesses,
+) -> None:
+    worker = celery_processes.start_worker()
+    beat = celery_processes.start_beat(interval=TICK)
+    wait_until(lambda: dispatches_run(celery_processes) >= 15, 60, "15 idle dispatch ticks")
+    idle_worker = worker.read_log().split(" ready.\n", 1)[1]
+    idle_beat = beat.read_log().split("beat: Starting...\n", 1)[1]
+
+    # The ticks ran, and neither process logged a line since it started.
+    assert idle_worker == ""
+    assert idle_beat == ""
+
+    # A tick that finds work still says so, and the drain it queues logs its line.
+    [run] = seed(Session, runs=1, events=3)
+    wait_until(lambda: db_state(Session, run) == (4, 3, 0), 60, "the run to be drained")
+    wait_until(lambda: f"drain of run {run}" in worker.read_log(), 30, "the drain's line")
+    logs = worker.read_log()
+    assert re.search(
+        r"Task outbox\.dispatch\[\S+\] succeeded in \S+: \{'found': 1, 'enqueued': 1\}", logs
+    )
+    assert re.search(
+        rf"drain of run {run}: seqs 1-3 published \(3 added, 0 already present\) in "
+        r"\d+\.\d{3}s; drained",
+        logs,
+    )
+    assert "Traceback" not in logs
+
+
+def json_lines(log: str) -> list[dict[str, Any]]:
+    """The log's JSON records (Celery's banner, and its shutdown notices, are plain text on
+    stdout, not log records)."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
+def test_with_json_logs_every_record_is_one_json_object_with_its_fields(
+    Session: sessionmaker[Session],
+    celery_processes: CeleryProcesses,
+) -> None:
+    [run] = seed(Session, runs=1, events=3)
+    worker = celery_processes.start_worker(OUTBOX_LOG_FORMAT="json")
+    beat = celery_processes.start_beat(interval=TICK, OUTBOX_LOG_FORMAT="json")
+    wait_until(lambda: f"drain of run {run}" in worker.read_log(), 60, "the drain's line")
+
+    logs = worker.read_log() + beat.read_log()
+    assert not re.search(r"^\[\d{4}-", logs, re.MULTILINE)  # no record in Celery's text format
+    records = json_lines(logs)
+    assert all({"time", "level", "logger", "process", "message"} <= set(r) for r in records)
+    assert any(r["message"].endswith(" ready.") for r in records)  # the worker's records
+    assert any(r["message"].startswith("beat: Starting") for r in records)  # beat's
+
+    [drain] = [r for r in records if r["message"].startswith(f"drain of run {run}")]
+    assert drain["level"] == "INFO"
+    assert drain["logger"] == "tasks.jobs"
+    assert drain["process"].startswith("ForkPoolWorker-")
+    assert drain["task"] in {"outbox.drain_run", "outbox.drain_runs"}
+    assert drain["task_id"]
+    assert drain["run_ids"] == [str(run)]
+    assert drain["seqs"] == {str(run): [1, 3]}
+    assert (drain["runs"], drain["added"], drain["already_present"]) == (1, 3, 0)
+    assert drain["statuses"] == {"drained": 1}
+    assert drain["duration_seconds"] > 0
