@@ -151,7 +151,7 @@ def drain_batch(
         moved = [o for o in outcomes.values() if o.published or o.present]
         if moved:  # committed
             events = sum(o.published + o.present for o in moved)
-            logger.info("published %d events of %d runs", events, len(moved))
+            logger.debug("published %d events of %d runs", events, len(moved))
         return outcomes
     except SinkUnavailable as exc:
         _note_outage(store, active, str(exc))

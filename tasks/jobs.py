@@ -203,6 +203,10 @@ def drain_kicked(worker: Worker) -> Group:
             groups += 1
         worker.queue.hand_over_kicked()
         return Group(results)
+    except SinkUnavailable as exc:  # the set lives on the sink's Redis: an outage, not a bug
+        worker.gate.failed(str(exc))
+        _give_up(worker, taken)
+        return Group(results, str(exc))
     except BaseException:
         _give_up(worker, taken)
         raise

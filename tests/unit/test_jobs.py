@@ -9,7 +9,6 @@ import pytest
 
 from tasks import jobs
 from tasks.drain import Limits, Status
-from tasks.errors import SinkUnavailable
 from tasks.outages import OutageLog, SinkGate
 from tasks.queueing import DrainQueue
 from tasks.sink import Entry, InMemorySink, PublishOutcome
@@ -166,15 +165,18 @@ def test_a_kicked_drain_that_fails_puts_its_runs_back_and_releases_its_mark(
 
 
 @pytest.mark.parametrize("where", ["take", "wait", "finish", "hold"])
-def test_a_kicked_drain_whose_redis_calls_fail_releases_its_mark(where: str) -> None:
+def test_a_kicked_drain_whose_redis_calls_fail_reports_the_outage_and_releases_its_mark(
+    where: str,
+) -> None:
     parts = Parts()
     parts.kicked.marked = True
     parts.kicked.fail_on = {where}
 
-    with pytest.raises(SinkUnavailable):
-        jobs.drain_kicked(parts.worker)
+    group = jobs.drain_kicked(parts.worker)
 
+    assert group.trouble == f"Redis unavailable in {where}"
     assert not parts.kicked.marked
+    assert parts.health.down_since is not None  # recorded once for the deployment
 
 
 def test_a_kicked_drain_that_meets_an_outage_puts_the_group_back_and_ends() -> None:
