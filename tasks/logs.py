@@ -6,7 +6,7 @@
 * ``JsonFormatter`` writes each record as one JSON object (``OUTBOX_LOG_FORMAT=json``): time,
   level, logger, message, and the structured fields given with ``extra=``.
 * ``QuietIdleDispatch`` drops the two lines Celery logs for every dispatch that found nothing
-  to queue, and beat's line for sending it, so an idle deployment logs nothing per tick.
+  to queue, so an idle worker logs nothing per beat tick.
 
 No Celery here: ``tasks.jobs`` logs the drain's line, ``tasks.celery_app`` installs the rest.
 """
@@ -29,7 +29,9 @@ from tasks.sink import Entry, PublishOutcome, Sink
 MAX_RUNS_NAMED = 3  # a drain of more runs is logged with their count, not their ids
 MAX_ERROR_CHARS = 300  # of the first error a drain's line quotes
 DISPATCH_TASK = "outbox.dispatch"
-_BEAT_SENDING = "Scheduler: Sending due task"
+# Celery's format of the line a worker logs when it takes a task (celery.app.trace.LOG_RECEIVED;
+# should Celery change it, the lines are kept, never lost).
+RECEIVED_LINE = "Task %(name)s[%(id)s] received"
 
 
 class PublishedSeqs:
@@ -169,16 +171,16 @@ class JsonFormatter(logging.Formatter):
 
 
 class QuietIdleDispatch(logging.Filter):
-    """Drops the INFO lines of a dispatch that queued nothing, so idle ticks log nothing.
+    """Drops a worker's INFO lines of a dispatch that queued nothing: idle ticks log nothing.
 
     Celery logs "Task outbox.dispatch[...] received" when the worker takes the message and
-    "... succeeded in ...s: {'found': 0, 'enqueued': 0}" when it ends; beat logs "Sending
-    due task ... (outbox.dispatch)". At the dispatch interval (1 s) that is most of an idle
-    worker's log. Dropped: every "received" line of a dispatch (its "succeeded" line says
-    what it did), the "succeeded" line of a dispatch that queued nothing and met no outage,
-    and beat's line for sending one. Kept: any other task's lines, a dispatch that queued
-    drains or met an outage, every warning and error, and everything when the logger is
-    set to DEBUG.
+    "... succeeded in ...s: {'found': 0, 'enqueued': 0}" when it ends: at the dispatch
+    interval (1 s), all of an idle worker's log. Dropped: every "received" line of a
+    dispatch (its "succeeded" line says what it did), and the "succeeded" line of a dispatch
+    that queued nothing and met no outage. Kept: any other task's lines, a dispatch that
+    queued drains or met an outage, every warning and error, and everything when the logger
+    is set to DEBUG. Beat's own line per tick ("Sending due task") is kept: it is how its log
+    shows that beat is alive.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -187,13 +189,12 @@ class QuietIdleDispatch(logging.Filter):
         ):
             return True
         data = getattr(record, "data", None)  # what Celery's task lines carry in `extra`
-        if isinstance(data, dict):
-            if data.get("name") != DISPATCH_TASK:
-                return True
-            return "return_value" in data and not _idle(data["return_value"])
-        # beat: "Scheduler: Sending due task %s (%s)", the entry's name and the task's
-        sending = isinstance(record.msg, str) and record.msg.startswith(_BEAT_SENDING)
-        return not (sending and isinstance(record.args, tuple) and DISPATCH_TASK in record.args)
+        if not isinstance(data, dict) or data.get("name") != DISPATCH_TASK:
+            return True
+        if record.msg == RECEIVED_LINE:
+            return False
+        # Any other line (a failure, a bad argument) says more than "nothing to do": kept.
+        return "return_value" not in data or not _idle(data["return_value"])
 
 
 def _idle(return_value: object) -> bool:
@@ -205,8 +206,8 @@ def _idle(return_value: object) -> bool:
     return isinstance(result, dict) and result.get("enqueued") == 0 and "unavailable" not in result
 
 
-# The loggers of Celery's per-task lines and of beat's sending line.
-QUIETED_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+# The loggers of Celery's "received" and "succeeded" lines.
+QUIETED_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
 def quiet_idle_dispatch() -> None:

@@ -71,7 +71,7 @@ class DrainMeter:
         )
         self.drain_duration = Histogram(
             "outbox_drain_duration_seconds",
-            "How long each drain of a group of runs took, from its first batch to its last.",
+            "How long each drain of a group of runs took (a task, or a group of a kicked drain).",
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
@@ -174,7 +174,7 @@ class DatabaseCollector(Collector):
         try:
             backlog = self.read()
         except (sqlalchemy.exc.SQLAlchemyError, StoreUnavailable, OSError) as exc:
-            self.log.failed(exc)
+            self.log.failed(_one_line(exc))
             yield _gauge("outbox_database_up", "1 if the metrics' database read succeeded.", 0)
             return
         self.log.succeeded()
@@ -208,6 +208,12 @@ class DatabaseCollector(Collector):
             "How long the sink has been unavailable; 0 while it is up.",
             down or 0.0,
         )
+
+
+def _one_line(exc: Exception) -> str:
+    """The driver's own message, on one line (SQLAlchemy's adds the statement and a link)."""
+    orig = getattr(exc, "orig", None) if isinstance(exc, sqlalchemy.exc.DBAPIError) else None
+    return " ".join(str(orig or exc).split())
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -216,14 +216,15 @@ class RedisCluster:
                 return next(node for node in self.nodes if node.port == port)
         raise AssertionError(f"no node serves slot {slot}")
 
-    def slots(self, node: RedisServer) -> int:
-        """How many slots ``node`` serves now."""
+    def slot_ranges(self, node: RedisServer) -> list[tuple[int, int]]:
+        """The slots ``node`` serves now, as (first, last) ranges in ascending order."""
         reply = self.nodes[0].client().execute_command("CLUSTER", "SLOTS")
-        ranges = [(start, end) for start, end, master, *_ in reply if int(master[1]) == node.port]
-        return sum(end - start + 1 for start, end in ranges)
+        return sorted((first, last) for first, last, master, *_ in reply
+                      if int(master[1]) == node.port)  # fmt: skip
 
     def reshard(self, source: RedisServer, target: RedisServer, slots: int) -> None:
-        """Move ``slots`` slots, with their keys, from ``source`` to ``target``."""
+        """Move ``slots`` slots, with their keys, from ``source`` to ``target`` (the lowest
+        slots of ``source`` first, as redis-cli picks them)."""
         self._redis_cli(
             "reshard", f"127.0.0.1:{self.nodes[0].port}",
             "--cluster-from", self.node_id(source),

@@ -138,12 +138,13 @@ def test_a_scrape_shows_the_workers_counts_and_the_databases_gauges_exactly(
             30,
             "the parked run's count",
         )
+        waited = time.monotonic() - committed  # before the scrape, which reads the age after
         stalled = metrics.scrape()
         assert value(stalled, "outbox_pending_events") == 2
         assert value(stalled, "outbox_pending_runs") == 1
         # Its events are older than the time since their commit (created_at is the start of
         # the producer's transaction).
-        assert value(stalled, "outbox_oldest_pending_age_seconds") >= time.monotonic() - committed
+        assert value(stalled, "outbox_oldest_pending_age_seconds") >= waited
         assert value(stalled, "outbox_events_published_total") == 12
         assert value(stalled, "outbox_drain_duration_seconds_count") == 2
         assert value(stalled, "outbox_sink_down") == 0

@@ -8,7 +8,7 @@ writes ``docs/reliability.md`` from the figures when it ends.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import psycopg
@@ -25,6 +25,7 @@ from tests.workers import CeleryProcesses
 
 SIZES = ("bounded", "large")
 FIGURES = pytest.StashKey[list[report.Figures]]()
+OUTCOMES = pytest.StashKey[dict[str, bool]]()  # each scenario's name: whether it passed
 HERE = Path(__file__).parent
 
 
@@ -78,10 +79,22 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(report.table(rows))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    outcome = yield
+    if HERE in Path(str(item.path)).parents and outcome.when == "call":
+        item.config.stash.setdefault(OUTCOMES, {})[item.name] = outcome.passed
+    return outcome
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     rows = session.config.stash.get(FIGURES, [])
     if rows and size_of(session.config) == "large":
-        path = report.write_page(rows, "large")
+        outcomes = session.config.stash.get(OUTCOMES, {})
+        failed = [name for name, passed in outcomes.items() if not passed]
+        path = report.write_page(rows, "large", report.outcome(rows, len(outcomes), failed))
         print(f"\nwrote {path} ({len(rows)} scenarios)")
 
 
@@ -108,7 +121,6 @@ def worker_role(db_url: URL) -> Iterator[WorkerRole]:
 @pytest.fixture
 def scenario(
     request: pytest.FixtureRequest,
-    fault_size: str,
     db_url: URL,
     worker_role: WorkerRole,
     Session: sessionmaker[Session],
@@ -120,7 +132,6 @@ def scenario(
     (as the restricted role) before the role is dropped."""
     deployment = Scenario(
         request.node.name,
-        size=fault_size,
         Session=Session,
         database=str(db_url.database),
         role=worker_role,

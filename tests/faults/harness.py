@@ -19,11 +19,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 import redis
 from sqlalchemy import URL, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -116,7 +116,6 @@ class Scenario:
         self,
         name: str,
         *,
-        size: str,
         Session: sessionmaker[Session],
         database: str,
         role: WorkerRole,
@@ -125,7 +124,6 @@ class Scenario:
         workdir: Path,
     ) -> None:
         self.name = name
-        self.size = size  # "bounded" or "large"
         self.Session = Session  # the database's owner: the checker and the scenario's own SQL
         self.database = database
         self.role = role
@@ -134,7 +132,6 @@ class Scenario:
         self.workdir = workdir
         self.sink_url = ""  # what the workers and producers use (a server's, or a proxy's)
         self.sink: redis.Redis | None = None  # the sink's server itself, for the checker
-        self.workers: list[CeleryProcess] = []
         self.faults = 0
         self.last_fault_end: float | None = None
         self.reused: set[uuid.UUID] = set()  # runs expected to end parked with a CONFLICT
@@ -162,23 +159,25 @@ class Scenario:
         self.sink_url = proxy.url
         return proxy
 
-    def env(self, **extra: str) -> dict[str, str]:
-        """The workers' and beats' environment: the restricted role, the sink, the queue."""
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The workers' and beats' environment: the restricted role, the sink, ``extra``."""
         base = {
             "OUTBOX_DATABASE_URL": self.role.url.render_as_string(hide_password=False),
             "OUTBOX_REDIS_URL": self.sink_url,
         }
-        return WORKER_ENV | base | extra
+        return WORKER_ENV | base | dict(extra or {})
 
-    def start_worker(self, concurrency: int = 2, **extra: str) -> CeleryProcess:
-        """Start a prefork worker as the restricted role; once it is ready."""
-        worker = self.celery.start_worker(concurrency, **self.env(**extra))
-        self.workers.append(worker)
-        return worker
+    def start_worker(
+        self, concurrency: int = 2, extra: Mapping[str, str] | None = None
+    ) -> CeleryProcess:
+        """Start a prefork worker as the restricted role (``extra``: more environment)."""
+        return self.celery.start_worker(concurrency, **self.env(extra))
 
-    def start_beat(self, interval: float = DISPATCH_INTERVAL, **extra: str) -> CeleryProcess:
-        """Start beat (dispatch every ``interval`` seconds); once it is ready."""
-        return self.celery.start_beat(interval, **self.env(**extra))
+    def start_beat(
+        self, interval: float = DISPATCH_INTERVAL, extra: Mapping[str, str] | None = None
+    ) -> CeleryProcess:
+        """Start beat, dispatching every ``interval`` seconds (``extra``: more environment)."""
+        return self.celery.start_beat(interval, **self.env(extra))
 
     def create_runs(self, count: int) -> list[uuid.UUID]:
         """Create ``count`` runs, with no events yet, as the database's owner."""
@@ -326,6 +325,8 @@ class Scenario:
             reordered=findings.reordered,
             worker_errors=len(errors),
             settle_seconds=settle,
+            test=self.name,
+            errors=tuple(errors),
         )
 
     def conclude(
@@ -404,7 +405,7 @@ def forget_dead_pid(server: RedisServer) -> None:
 def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie has stopped running)."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 

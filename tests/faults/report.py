@@ -7,8 +7,10 @@ it was run on. At the bounded size the table is printed in pytest's summary only
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +45,8 @@ class Figures:
     reordered: int
     worker_errors: int
     settle_seconds: float  # from the end of the last fault until every event was verified
+    test: str = ""  # the test that ran the scenario
+    errors: tuple[str, ...] = ()  # the workers' error records, for the page's error section
 
     def cells(self) -> list[str]:
         """The row's cells, as the table prints them."""
@@ -110,7 +114,8 @@ Each scenario starts its own servers and processes and always stops them: a data
 own (copied from the migrated template) with a PostgreSQL role of its own holding only the
 worker's privileges of the README's [least-privilege snippet](../README.md#security), a
 private `redis-server` as the sink on a free port, its own broker queue, real `celery worker`
-(prefork) and `celery beat` subprocesses under that role, and a producer process appending
+(prefork) and `celery beat` (dispatching every 0.5 s) subprocesses under that role, with the
+other settings at their defaults, and a producer process appending
 events throughout with `models.append_event` (3 threads, one transaction in 3 kicking a
 drain). At the end, one checker (`tests/faults/checker.py`) compares every run's stream with
 the database through `tasks.verify` (what `outbox verify --all` runs), and reads the workers'
@@ -192,7 +197,10 @@ SCENARIOS = (
             "the workers and producers reach the sink through a TCP proxy that the suite owns. By "
             "turns it delays every chunk, stalls (accepts connections and forwards nothing), and "
             "drops every connection. `OUTBOX_REDIS_TIMEOUT` is 2 s and the task time limits 10 s "
-            "(soft) and 20 s: no task may run past them, and no lock may outlive its drain."
+            "(soft) and 20 s: no task may run past them, and no lock may outlive its drain. "
+            "A stall leaves queued marks behind whose drains were never sent (a mark's `SET` "
+            "reached Redis after its caller had given up): those runs wait for the marks to "
+            "expire (`OUTBOX_QUEUED_TTL`, 30 s), which is most of this scenario's settling."
         ),
     ),
     (
@@ -211,20 +219,56 @@ def scenario_list() -> str:
     return f"## The scenarios\n\n{items}\n"
 
 
-def page(rows: Sequence[Figures], size: str, when: dt.datetime | None = None) -> str:
+def outcome(rows: Sequence[Figures], tests: int, failed: Sequence[str]) -> str:
+    """One sentence on how the run's tests ended, naming the scenarios that failed."""
+    if not failed:
+        return f"All {tests} scenarios passed."
+    titles = {row.test: row.scenario for row in rows}
+    named = [f"*{titles[test]}*" if test in titles else f"`{test}` (no row)" for test in failed]
+    return f"{len(failed)} of {tests} scenarios failed: {', '.join(named)}."
+
+
+# What makes one error record like another: its time and process, task ids, ports.
+_RECORD_HEAD = re.compile(r"^\[[^\]]*\] ")
+_TASK_ID = re.compile(r"\[[0-9a-f]{8}-[0-9a-f-]{27}\]")
+_PORT = re.compile(r"127\.0\.0\.1:\d+")
+
+
+def error_kinds(rows: Sequence[Figures]) -> str:
+    """The workers' errors by kind (their first lines, ids and ports left out), per scenario:
+    a section of the page, empty when there were none."""
+    lines = []
+    for row in rows:
+        firsts = (error.splitlines()[0] for error in row.errors)
+        kinds = collections.Counter(
+            _PORT.sub("127.0.0.1:PORT", _TASK_ID.sub("[...]", _RECORD_HEAD.sub("", first)))
+            for first in firsts
+        )
+        lines += [f"- *{row.scenario}*, {n} x: `{kind[:300]}`" for kind, n in kinds.items()]
+    if not lines:
+        return ""
+    return "## Worker errors\n\nThe first line of each, by kind:\n\n" + "\n".join(lines) + "\n\n"
+
+
+def page(
+    rows: Sequence[Figures],
+    size: str,
+    verdict: str,
+    when: dt.datetime | None = None,
+) -> str:
     """The whole page: the text, the table and where it comes from."""
     when = when or dt.datetime.now(dt.UTC)
     stamp = when.strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"{INTRO}\n## Results\n\n"
         f"Run at the {size} size on {stamp}, commit {commit()}, on this project's 2-core "
-        "machine (PostgreSQL, Redis, RabbitMQ, the workers and the producers all on it).\n\n"
-        f"{table(rows)}\n\n{scenario_list()}"
+        "machine (PostgreSQL, Redis, RabbitMQ, the workers and the producers all on it). "
+        f"{verdict}\n\n{table(rows)}\n\n{error_kinds(rows)}{scenario_list()}"
     )
 
 
-def write_page(rows: Sequence[Figures], size: str) -> Path:
+def write_page(rows: Sequence[Figures], size: str, verdict: str) -> Path:
     """Write ``docs/reliability.md`` from the rows; return its path."""
     PAGE.parent.mkdir(exist_ok=True)
-    PAGE.write_text(page(rows, size))
+    PAGE.write_text(page(rows, size, verdict))
     return PAGE

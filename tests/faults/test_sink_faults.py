@@ -141,9 +141,9 @@ def test_a_slow_stalled_or_dropping_sink_keeps_time_limits_and_releases_every_lo
     size = plan("proxy", fault_size)
     runs = scenario.create_runs(size.runs)
     proxy = scenario.start_proxy(scenario.start_sink())
-    scenario.start_worker(**PROXIED)
-    scenario.start_worker(**PROXIED)
-    scenario.start_beat(**PROXIED)
+    scenario.start_worker(extra=PROXIED)
+    scenario.start_worker(extra=PROXIED)
+    scenario.start_beat(extra=PROXIED)
     scenario.start_producer(runs, size.events, size.seconds)
     done = {mode: 0 for mode, _ in PROXY_FAULTS}
 

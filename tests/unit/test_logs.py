@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
 
 from models.errors import ConfigError
 from tasks import jobs, logs
@@ -205,13 +206,13 @@ def celery_line(msg: str, data: dict[str, Any], logger: str, level: int = loggin
     )
 
 
-RECEIVED = "Task %(name)s[%(id)s] received"
+RECEIVED = logs.RECEIVED_LINE
 SUCCEEDED = "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s"
 
 
 @pytest.fixture
 def info_level() -> Iterator[None]:
-    """Celery's and beat's loggers at INFO, as a worker started with --loglevel INFO has them."""
+    """Celery's loggers at INFO, as a worker started with --loglevel INFO has them."""
     names = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
     saved = {name: logging.getLogger(name).level for name in names}
     for name in names:
@@ -280,6 +281,20 @@ def info_level() -> Iterator[None]:
         ),
         pytest.param(
             lambda: celery_line(
+                "Task %(name)s[%(id)s] %(description)s: %(exc)s",
+                {
+                    "name": "outbox.dispatch",
+                    "id": "1",
+                    "description": "raised expected",
+                    "exc": "InvalidTaskArguments('outbox.dispatch takes no arguments')",
+                },
+                "celery.app.trace",
+            ),
+            True,
+            id="dispatch refused its arguments",
+        ),
+        pytest.param(
+            lambda: celery_line(
                 SUCCEEDED,
                 {"name": "outbox.dispatch", "return_value": "{'found': 0, 'enqueued': 0}"},
                 "celery.app.trace",
@@ -298,21 +313,8 @@ def info_level() -> Iterator[None]:
                 ("outbox-dispatch", "outbox.dispatch"),
                 None,
             ),
-            False,
-            id="beat sending dispatch",
-        ),
-        pytest.param(
-            lambda: logging.getLogger("celery.beat").makeRecord(
-                "celery.beat",
-                logging.INFO,
-                __file__,
-                1,
-                "Scheduler: Sending due task %s (%s)",
-                ("outbox-purge", "outbox.purge"),
-                None,
-            ),
             True,
-            id="beat sending purge",
+            id="beat sending dispatch: its sign of life",
         ),
     ],
 )
@@ -320,6 +322,11 @@ def test_the_idle_dispatch_filter_drops_only_the_lines_of_ticks_that_queued_noth
     record: Any, kept: bool
 ) -> None:
     assert logs.QuietIdleDispatch().filter(record()) is kept
+
+
+def test_the_lines_the_filter_knows_are_the_ones_this_celery_logs() -> None:
+    assert RECEIVED == LOG_RECEIVED
+    assert SUCCEEDED == LOG_SUCCESS
 
 
 def test_the_idle_dispatch_filter_keeps_everything_when_the_logger_is_at_debug() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from tests.fakes import (
     InMemoryStore,
     RecordingSender,
 )
+from tests.helpers import wait_until
 
 BACKLOG = metrics.Backlog(
     pending_events=7,
@@ -256,3 +258,58 @@ def test_outbox_metrics_on_a_port_in_use_fails_with_one_line() -> None:
 
     assert result.exit_code == 1
     assert result.output == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_outbox_metrics_serves_until_ctrl_c_and_reports_a_database_it_cannot_read(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        # Nothing listens on port 1: every read fails at once.
+        "OUTBOX_DATABASE_URL": "postgresql+psycopg://outbox@127.0.0.1:1/outbox",
+    }
+    outbox = str(Path(sys.executable).with_name("outbox"))
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [outbox, "metrics", "--port", str(port)], env=env, stdout=out, stderr=err
+        )
+    try:
+        bodies: list[str] = []
+
+        def scraped() -> bool:
+            assert process.poll() is None, stderr.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    bodies.append(response.read().decode())
+            except OSError:
+                return False
+            return True
+
+        wait_until(scraped, 60, "`outbox metrics` to answer")
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+    samples = {
+        s.name: s.value for f in text_string_to_metric_families(bodies[0]) for s in f.samples
+    }
+    assert samples == {"outbox_database_up": 0}  # no workers' counts, no made-up gauges
+    assert stdout.read_text().splitlines() == [
+        f"serving metrics at http://127.0.0.1:{port}/metrics (Ctrl-C or SIGTERM stops)",
+        "stopped",
+    ]
+    not_set, outage = stderr.read_text().splitlines()
+    assert not_set == (
+        "PROMETHEUS_MULTIPROC_DIR is not set: serving the database's gauges only, not the "
+        "workers' counts"
+    )
+    # One line, once however many scrapes fail: the driver's message, without SQLAlchemy's.
+    assert outage.startswith("database (metrics) unavailable: connection failed: ")
+    assert "sqlalche.me" not in outage
