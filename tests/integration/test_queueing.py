@@ -291,8 +291,9 @@ def test_a_kick_drains_the_run_as_soon_as_the_producer_commits(
 def test_a_kick_that_cannot_reach_redis_never_fails_the_producer(
     Session: sessionmaker[Session], settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    down = unreachable_redis()
-    runtime.configure(settings, session_factory=Session, redis_client=down)
+    # Both the workers' client and the kick's own one (built from the URL) find nothing there.
+    nowhere = dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0")
+    runtime.configure(nowhere, session_factory=Session, redis_client=unreachable_redis())
     [run_id] = seed(Session, events=0)
 
     with Session() as session, session.begin():
