@@ -94,7 +94,7 @@ def unavailable(error: Exception) -> SinkUnavailable:
     """The SinkUnavailable that stands for ``error`` (chain it with ``from error``)."""
     hint = ""
     if isinstance(error, redis.exceptions.AskError):
-        hint = " (OUTBOX_REDIS_URL is a Redis Cluster node: unset OUTBOX_REDIS_CLUSTER, or set 1)"
+        hint = " (a Redis Cluster node: leave OUTBOX_REDIS_CLUSTER unset, or set it to 1)"
     return SinkUnavailable(f"Redis unavailable: {type(error).__name__}: {error}{hint}")
 
 
@@ -265,13 +265,22 @@ class RedisStreamSink:
 
     def _run_scripts(self, by_run: dict[uuid.UUID, list[str | int]]) -> list[Any]:
         # EVALSHA by hand: a pipeline of Script calls would ask SCRIPT EXISTS on every batch,
-        # and a cluster pipeline refuses its evalsha() method, though it routes the command
-        # itself by its one key: each node gets its runs' scripts in one round trip, all
-        # nodes at once, and redis-py follows MOVED and ASK (a resharding) per command.
-        pipe = self.client.pipeline(transaction=False)
+        # and a cluster pipeline refuses its evalsha() method, though it takes the command.
+        # A cluster pipeline sends each node its runs' scripts in one round trip, all nodes
+        # at once, and follows MOVED and ASK (a resharding) command by command.
+        client = self.client.client if isinstance(self.client, LazyClient) else self.client
+        # Each run's node from the client's slot map: left to find it, redis-py 8.1's cluster
+        # pipeline asks the server for an EVALSHA's keys, one round trip per command (COMMAND
+        # GETKEYS). A slot that moved since is answered MOVED or ASK, and followed.
+        node_of = None
+        if isinstance(client, redis.RedisCluster):
+            cluster: Any = client  # redis-py leaves get_node_from_key untyped
+            node_of = cluster.get_node_from_key
+        pipe = client.pipeline(transaction=False)
         for run_id, args in by_run.items():
             key = stream_key(self.prefix, run_id)
-            pipe.execute_command("EVALSHA", self._script.sha, 1, key, *args)
+            options = {} if node_of is None else {"target_nodes": node_of(key)}
+            pipe.execute_command("EVALSHA", self._script.sha, 1, key, *args, **options)
         return list(pipe.execute(raise_on_error=False))
 
 

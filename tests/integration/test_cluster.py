@@ -198,6 +198,25 @@ def test_a_client_made_while_the_cluster_is_down_publishes_once_it_is_up(
 
 
 @services
+def test_a_publish_after_its_runs_slot_moved_follows_the_cluster_to_the_new_node(
+    cluster: RedisCluster, prefix: str, connected: Callable[..., Client]
+) -> None:
+    source, target = cluster.nodes[0], cluster.nodes[1]
+    [(slot, _), *_] = cluster.slot_ranges(source)  # the slot redis-cli moves first
+    run_id = next(r for r in iter(uuid.uuid4, None) if key_slot(f"{prefix}{r}".encode()) == slot)
+    sink = RedisStreamSink(connected(cluster.url), prefix)
+    sink.publish(events([run_id], range(1, 2)))  # the client learns the slot map
+
+    cluster.reshard(source, target, 1)  # behind the client's back
+    assert cluster.node_of(f"{prefix}{run_id}") == target
+
+    # The pipeline sends the script where the client's map says, is answered MOVED, and
+    # follows it.
+    assert sink.publish(events([run_id], range(2, 3))).added == {run_id: 1}
+    assert [e.seq for e in read_stream(sink.client, prefix, run_id)] == [1, 2]
+
+
+@services
 def test_the_sink_loads_its_script_again_on_every_node_that_lost_it(
     cluster: RedisCluster, prefix: str, connected: Callable[..., Client]
 ) -> None:
