@@ -233,14 +233,32 @@ def verify(run_id: str | None = None) -> dict[str, Any]:
 
 
 @app.task(name="outbox.replay", base=CheckedTask, throws=(*CheckedTask.throws, errors.UnknownRun))
-def replay(run_id: str, from_seq: int = 1) -> dict[str, Any]:
-    """Put a run's published events from ``from_seq`` back into its stream; returns
-    ``{"run_id", "status", "added", "already_present", "not_restored", ...}``."""
+def replay(run_id: str, from_seq: int = 1, rebuild: bool = False) -> dict[str, Any]:
+    """Put a run's published events from ``from_seq`` back into its stream, or with
+    ``rebuild`` delete the stream and publish them all again, from the first (what ``outbox
+    replay RUN_ID --rebuild`` does); returns ``{"run_id", "status", "added",
+    "already_present", "not_restored", ...}``."""
     run = parse_run_id(run_id)
+    if not isinstance(rebuild, bool):
+        raise InvalidTaskArguments(
+            f"outbox.replay: rebuild must be true or false, got {errors.preview(rebuild)}"
+        )
     try:
         first = stream_replay.check_from_seq(from_seq)
     except ValueError as exc:
         raise InvalidTaskArguments(f"outbox.replay: {exc}") from None
+    if rebuild and first != 1:
+        raise InvalidTaskArguments(
+            f"outbox.replay: from_seq goes with a plain replay only (a rebuild publishes every "
+            f"event from the first), got from_seq {first} with rebuild"
+        )
+    current = runtime.current()
     ledger, reader = _stream_checks()
-    sink = runtime.current().sink
-    return stream_replay.replay_run(ledger, reader, sink, run, from_seq=first).as_dict()
+    if rebuild:
+        prefix = current.settings.stream_prefix
+
+        def erase(stream_run: uuid.UUID) -> None:
+            current.redis.delete(redis_sink.stream_key(prefix, stream_run))
+
+        return stream_replay.rebuild_run(ledger, reader, current.sink, erase, run).as_dict()
+    return stream_replay.replay_run(ledger, reader, current.sink, run, from_seq=first).as_dict()

@@ -11,8 +11,9 @@ at a time, next to the same range of the stream, and for each event:
 * the stream lacks it and its seq is above the stream's last id: it goes to the normal sink
   (``tasks.sink.Sink.publish``), which adds it, exactly once, at ``<seq>-0``;
 * the stream lacks it at or below its last id: Redis adds entries only above a stream's last
-  id, so replay cannot put it back; it is reported, never forced. Deleting the stream and
-  replaying from 1 rebuilds it (its consumers then read it again from the start).
+  id, so replay cannot put it back; it is reported, never forced. ``rebuild_run`` (``outbox
+  replay RUN_ID --rebuild``) can: it writes the stream anew, and its consumers read it again
+  from the start.
 
 Seqs below ``StreamInfo.trimmed_below`` were trimmed by consumers on purpose: replay leaves
 them alone. The run's cursor row is held alone (``FOR UPDATE``) for the whole replay, so no
@@ -101,8 +102,9 @@ class ReplayResult:
             return (
                 f"could not restore {seqs} {self.not_restored} of run {self.run_id}: {are} at "
                 f"or below the stream's last id {self.stream_last_seq}-0, and Redis adds "
-                "entries only above it. To rebuild the stream, delete its key and replay from "
-                "1 (its consumers then read it again from the start)"
+                f"entries only above it. Rebuild the stream with `outbox replay {self.run_id} "
+                "--rebuild`, which deletes it and writes it anew (its consumers then read it "
+                "again from the start)"
             )
         return None
 

@@ -41,8 +41,9 @@ RESULT_SCHEMES = frozenset(
         "file", "gs", "mongodb", "redis", "rediss", "riak", "rpc", "s3", "sentinel",
     }
 )  # fmt: skip
-# Brokers that redeliver an unacknowledged message after CELERY_VISIBILITY_TIMEOUT.
-VISIBILITY_SCHEMES = frozenset({"redis", "rediss", "sentinel", "sqs", "SQS"})
+# Brokers that redeliver an unacknowledged message after CELERY_VISIBILITY_TIMEOUT. Not the
+# Redis transport: with its ack emulation off (celeryconfig.py) nothing there reads it.
+VISIBILITY_SCHEMES = frozenset({"sqs", "SQS"})
 
 # The upper bound of each numeric setting (the lower bound is 1, or above 0 for seconds);
 # the README's configuration table shows the same figures.
@@ -232,7 +233,7 @@ class CelerySettings:
                 f"CELERY_TASK_SOFT_TIME_LIMIT ({self.soft_time_limit:g}s) must be below "
                 f"CELERY_TASK_TIME_LIMIT ({self.time_limit:g}s)"
             )
-        # A Redis or SQS broker hands an unacknowledged message to another worker after the
+        # An SQS broker hands an unacknowledged message to another worker after the
         # visibility timeout: below the time limit, a long drain would run twice at once.
         scheme = self.broker_url.partition("://")[0].partition("+")[0]
         if scheme in VISIBILITY_SCHEMES and self.visibility_timeout <= self.time_limit:

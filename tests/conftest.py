@@ -1,29 +1,32 @@
-"""The deterministic test harness.
+"""The project's test harness: the outbox pytest plugin (``tasks.testing.plugin``), under the
+names the project's tests use, plus the project's own defaults.
 
-* Real PostgreSQL and Redis (see tests/services.py); each test gets its own database, copied
-  from a migrated template, and its own stream prefix, so tests run in any order.
-* Celery is eager (``task_always_eager``, ``task_eager_propagates``): no beat, no worker and no
-  kick unless a test asks for one, so a test that seeds rows decides when they are drained.
+* Real PostgreSQL and Redis, found as the plugin finds them (``tasks.testing.services``); each
+  test gets its own database, copied from a migrated template (one per xdist worker), and its
+  own Redis key space, so tests run in any order and side by side (``pytest -n 2``).
+* Celery is eager (``task_always_eager``, ``task_eager_propagates``) for every test: no beat,
+  no worker and no kick unless a test asks for one, so a test that seeds rows decides when
+  they are drained. Unlike the plugin's ``outbox_eager``, the project's own ``outbox`` fixture
+  keeps the real kicker: kicks are what some of these tests are about.
 * The project's environment variables are scrubbed, so nothing reaches a developer's servers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 from sqlalchemy import URL, Engine, orm
 
-from models.db import make_engine
 from tasks import app, runtime
 from tasks.outbox import close_kicker
 from tasks.redis_sink import RedisStreamSink
 from tasks.settings import Settings
-from tests import services
 
+# The outbox plugin itself is loaded by its entry point (the package is installed).
 pytest_plugins = ["tests.workers"]
 
 
@@ -33,73 +36,37 @@ def pytest_configure(config: pytest.Config) -> None:
             del os.environ[name]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A test that reaches the servers, through any fixture, is marked `services`, so that
-    # `pytest -m "not services"` runs exactly the tests that need none.
-    for item in items:
-        if "service_urls" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.services)
-
-
-@pytest.fixture(scope="session")
-def service_urls() -> Iterator[services.Services]:
-    try:
-        with services.provide() as provided:
-            yield provided
-    except services.ServicesUnavailable as exc:
-        pytest.exit(str(exc), returncode=3)
-
-
-@pytest.fixture(scope="session")
-def template_url(service_urls: services.Services) -> Iterator[URL]:
-    url = services.create_template(service_urls.admin_url)
-    yield url
-    services.drop_database(service_urls.admin_url, str(url.database))
-
-
 @pytest.fixture
-def db_url(service_urls: services.Services, template_url: URL) -> Iterator[URL]:
+def db_url(outbox_database: URL) -> URL:
     """A fresh, migrated database for this test alone."""
-    url = services.create_database(service_urls.admin_url, template=template_url.database)
-    yield url
-    services.drop_database(service_urls.admin_url, str(url.database))
+    return outbox_database
 
 
 @pytest.fixture
-def engine(db_url: URL) -> Iterator[Engine]:
-    engine = make_engine(db_url, pool_size=10, max_overflow=20)
-    yield engine
-    engine.dispose()
+def engine(outbox_engine: Engine) -> Engine:
+    return outbox_engine
 
 
 @pytest.fixture
-def Session(engine: Engine) -> orm.sessionmaker[orm.Session]:
-    return orm.sessionmaker(engine, expire_on_commit=False)
+def Session(outbox_session_factory: orm.sessionmaker[orm.Session]) -> orm.sessionmaker[orm.Session]:
+    return outbox_session_factory
 
 
 @pytest.fixture
-def key_space() -> str:
+def key_space(outbox_key_space: str) -> str:
     """This test's own Redis namespace; everything under it is deleted afterwards."""
-    return f"outbox-test:{uuid.uuid4().hex[:12]}:"
+    return outbox_key_space
 
 
 @pytest.fixture
-def redis_client(service_urls: services.Services, key_space: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(service_urls.redis_url, socket_timeout=10)
-    yield client
-    services.delete_keys(client, f"{key_space}*")
-    client.close()
+def redis_client(outbox_redis: redis.Redis) -> redis.Redis:
+    return outbox_redis
 
 
 @pytest.fixture
-def settings(db_url: URL, service_urls: services.Services, key_space: str) -> Settings:
-    return Settings(
-        database_url=db_url,
-        redis_url=service_urls.redis_url,
-        stream_prefix=f"{key_space}run:",
-        queued_prefix=f"{key_space}queued:",
-        max_attempts=3,
-    )
+def settings(outbox_settings: Settings) -> Settings:
+    # Three attempts, not the default's ten, so tests reach a stalled run in a few drains.
+    return dataclasses.replace(outbox_settings, max_attempts=3)
 
 
 @pytest.fixture

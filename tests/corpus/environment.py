@@ -42,6 +42,7 @@ SECONDS = {
     "CELERY_VISIBILITY_TIMEOUT": 604_800,
     "CELERY_TASK_SOFT_TIME_LIMIT": 86_400,
     "CELERY_TASK_TIME_LIMIT": 86_400,
+    "OUTBOX_SHUTDOWN_TIMEOUT": 86_400,
 }
 
 # Besides 0, nan and one above the bound, which every numeric setting gets, one more each, so
@@ -65,7 +66,28 @@ _MORE_SECONDS = {
     "CELERY_VISIBILITY_TIMEOUT": "Infinity",
     "CELERY_TASK_SOFT_TIME_LIMIT": "0x10",
     "CELERY_TASK_TIME_LIMIT": "1_0",
+    "OUTBOX_SHUTDOWN_TIMEOUT": "-30",
 }
+# Every other kind of wrong value, for the settings of the graceful shutdown, the log format
+# and retention: infinite, a word, blank, huge. (An empty value is not wrong: it means the
+# default, as it does for every setting.)
+HUGE = "9" * 5000
+_WRONG_KINDS = ("inf", "thirty", " ", HUGE)
+_LOG_FORMATS = ("nan", "inf", "-1", "xml", "jsonl", "text,json", " ")
+_DURATIONS = ("nan", "inf", "-1", "-1d", "7x", "7D", "1e3", "seven days", " ", "1e999")
+
+
+def quoted(value: str) -> str:
+    """``value`` as a message quotes it: at most its first 60 characters."""
+    return f"{value[:60]!r}... ({len(value)} characters)" if len(value) > 60 else repr(value)
+
+
+def _label(value: str) -> str:
+    """``value`` as a case's id shows it: as it is when that is plain, else quoted."""
+    plain = len(value) <= 60 and value.isprintable() and " " not in value and "," not in value
+    return value if plain and value else quoted(value)
+
+
 # The values the issue reported as accepted and failing later.
 _REPORTED = {("OUTBOX_BATCH_SIZE", "0"), ("OUTBOX_BATCH_SIZE", "100000000000000000000")}
 
@@ -88,15 +110,69 @@ def _integer_cases() -> list[EnvCase]:
 def _seconds_cases() -> list[EnvCase]:
     cases = []
     for name, high in SECONDS.items():
-        for value in ("0", "nan", str(high + 1), _MORE_SECONDS[name]):
+        values = ["0", "nan", str(high + 1), _MORE_SECONDS[name]]
+        if name == "OUTBOX_SHUTDOWN_TIMEOUT":
+            values += _WRONG_KINDS
+        for value in values:
             cases.append(
                 EnvCase(
-                    f"{name}={value}",
+                    f"{name}={_label(value)}",
                     {name: value},
-                    f"{name} must be a number of seconds above 0 and at most {high}, got {value!r}",
+                    f"{name} must be a number of seconds above 0 and at most {high}, "
+                    f"got {quoted(value)}",
                     processes=value in ("nan", "inf"),
                 )
             )
+    return cases
+
+
+def _log_format_cases() -> list[EnvCase]:
+    cases = [
+        EnvCase(
+            f"OUTBOX_LOG_FORMAT={_label(value)}",
+            {"OUTBOX_LOG_FORMAT": value},
+            f"OUTBOX_LOG_FORMAT must be text or json, got {value!r}",
+            processes=value == "xml",
+        )
+        for value in _LOG_FORMATS
+    ]
+    # Text is printable and at most 200 characters before it is compared with the formats.
+    for value in (HUGE, "json\n"):
+        cases.append(
+            EnvCase(
+                f"OUTBOX_LOG_FORMAT={_label(value)}",
+                {"OUTBOX_LOG_FORMAT": value},
+                f"OUTBOX_LOG_FORMAT {_PRINTABLE}, got {quoted(value)}",
+            )
+        )
+    return cases
+
+
+def _retention_cases() -> list[EnvCase]:
+    forms = "must be a duration such as 90, 30s, 15m, 12h or 7d"
+    cases = [
+        EnvCase(
+            f"OUTBOX_RETENTION={_label(value)}",
+            {"OUTBOX_RETENTION": value},
+            f"OUTBOX_RETENTION {forms}, got {value!r}",
+            processes=value == "nan",
+        )
+        for value in _DURATIONS
+    ]
+    for value, why in (
+        ("0", "must be a duration longer than zero"),
+        ("0d", "must be a duration longer than zero"),
+        ("36501d", "must be a duration of at most 36500d"),
+        (HUGE, "must be a duration of at most 36500d"),  # digits alone: seconds, too many
+    ):
+        cases.append(
+            EnvCase(
+                f"OUTBOX_RETENTION={_label(value)}",
+                {"OUTBOX_RETENTION": value},
+                f"OUTBOX_RETENTION {why}, got {quoted(value)}",
+                processes=value == "0",
+            )
+        )
     return cases
 
 
@@ -235,12 +311,6 @@ OTHER_CASES = [
         f"OUTBOX_QUEUE {_PRINTABLE}, got 'outbox\\n'",
         processes=True,
     ),
-    EnvCase(
-        "OUTBOX_RETENTION=0",
-        {"OUTBOX_RETENTION": "0"},
-        "OUTBOX_RETENTION must be a duration longer than zero, got '0'",
-        processes=True,
-    ),
     # Flags.
     EnvCase(
         "OUTBOX_KICK_ON_COMMIT=maybe",
@@ -266,18 +336,18 @@ OTHER_CASES = [
         "CELERY_TASK_SOFT_TIME_LIMIT (300s) must be below CELERY_TASK_TIME_LIMIT (300s)",
         processes=True,
     ),
+    # Only SQS redelivers by the visibility timeout (the Redis transport's ack emulation is off).
     EnvCase(
-        "CELERY_TASK_TIME_LIMIT not below CELERY_VISIBILITY_TIMEOUT",
-        {"CELERY_TASK_TIME_LIMIT": "900"},
+        "CELERY_TASK_TIME_LIMIT not below CELERY_VISIBILITY_TIMEOUT on SQS",
+        {"CELERY_BROKER_URL": "sqs://", "CELERY_TASK_TIME_LIMIT": "900"},
         "CELERY_VISIBILITY_TIMEOUT (600s) must be above CELERY_TASK_TIME_LIMIT (900s)",
-        processes=True,
     ),
     EnvCase(
-        "CELERY_VISIBILITY_TIMEOUT below CELERY_TASK_TIME_LIMIT",
-        {"CELERY_VISIBILITY_TIMEOUT": "100"},
+        "CELERY_VISIBILITY_TIMEOUT below CELERY_TASK_TIME_LIMIT on SQS",
+        {"CELERY_BROKER_URL": "sqs://", "CELERY_VISIBILITY_TIMEOUT": "100"},
         "CELERY_VISIBILITY_TIMEOUT (100s) must be above CELERY_TASK_TIME_LIMIT (300s)",
     ),
 ]
 
-CASES = _integer_cases() + _seconds_cases() + OTHER_CASES
+CASES = _integer_cases() + _seconds_cases() + _log_format_cases() + _retention_cases() + OTHER_CASES
 PROCESS_CASES = [case for case in CASES if case.processes]

@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.db import libpq_url
 from tasks.settings import Settings
 from tasks.testing.processes import CeleryProcess
+from tasks.testing.workers import Workers
 from tests.helpers import append, db_state, seed, stream_seqs, wait_until
 from tests.servers import RedisServer, redis_server
-from tests.workers import CeleryProcesses
 
 RESTARTS = 3
 POOL = 2  # the worker's pool processes
@@ -77,7 +77,7 @@ def test_a_worker_lives_through_restarts_of_its_redis_broker_and_drains_every_ru
     redis_client: redis.Redis,
     broker: RedisServer,
     runs_lock: psycopg.Connection,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
     tmp_path: Path,
 ) -> None:
     expected = dict.fromkeys(seed(Session, runs=8, events=4), 4)

@@ -11,14 +11,14 @@ import pytest
 
 from tasks.testing import processes
 from tasks.testing.processes import CeleryProcess
+from tasks.testing.workers import Workers
 from tests.corpus import environment
 from tests.helpers import wait_until
-from tests.workers import CeleryProcesses
 
 
 @pytest.mark.parametrize("case", environment.PROCESS_CASES, ids=lambda case: case.id)
 def test_an_invalid_setting_stops_the_worker_and_beat_at_start_up_with_one_line(
-    celery_processes: CeleryProcesses, tmp_path: Path, case: environment.EnvCase
+    celery_processes: Workers, tmp_path: Path, case: environment.EnvCase
 ) -> None:
     # Otherwise the environment of this test's own servers and queue: were the setting let
     # through, the processes would touch nothing that other tests or people use.

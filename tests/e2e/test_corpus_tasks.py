@@ -22,11 +22,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import RunEvent, RunOutbox
 from models.db import make_engine
 from tasks.settings import Settings
+from tasks.testing import services
 from tasks.testing.processes import CeleryProcess
-from tests import services
+from tasks.testing.workers import Workers
 from tests.corpus.tasks import CASES, TaskCase
 from tests.helpers import db_state, seed, stream_seqs, wait_until
-from tests.workers import CeleryProcesses, delete_queue
+from tests.workers import delete_queue
 
 MAX_LINE_CHARS = 1000  # no log line echoes a megabyte argument
 
@@ -67,22 +68,25 @@ class Worker:
 
 @pytest.fixture(scope="module")
 def worker(
-    service_urls: services.Services, template_url: URL, tmp_path_factory: pytest.TempPathFactory
+    outbox_database_server: URL,
+    outbox_redis_server: str,
+    outbox_template: URL,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Worker]:
-    database = services.create_database(service_urls.admin_url, template=template_url.database)
-    key_space = f"outbox-test:{uuid.uuid4().hex[:12]}:"
+    database = services.create_database(outbox_database_server, str(outbox_template.database))
+    key_space = services.key_space()
     settings = Settings(
         database_url=database,
-        redis_url=service_urls.redis_url,
+        redis_url=outbox_redis_server,
         stream_prefix=f"{key_space}run:",
         queued_prefix=f"{key_space}queued:",
         max_attempts=3,
     )
     engine = make_engine(database)
-    client = redis.Redis.from_url(service_urls.redis_url, socket_timeout=10)
+    client = redis.Redis.from_url(outbox_redis_server, socket_timeout=10)
     queue = f"{key_space}queue"
     workdir: Path = tmp_path_factory.mktemp("corpus-tasks")
-    supervisor = CeleryProcesses(settings, queue, workdir, settings.redis_url)
+    supervisor = Workers(settings, queue, workdir, settings.redis_url)
     sender = Celery("corpus-sender", broker=settings.redis_url, set_as_current=False)
     sender.conf.update(task_serializer="json", accept_content=["json"])
     try:
@@ -97,7 +101,7 @@ def worker(
         services.delete_keys(client, f"{key_space}*")
         client.close()
         engine.dispose()
-        services.drop_database(service_urls.admin_url, str(database.database))
+        services.drop_database(outbox_database_server, str(database.database))
 
 
 def _written(worker: Worker, run_id: uuid.UUID) -> tuple[object, ...]:

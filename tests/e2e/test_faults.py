@@ -24,9 +24,10 @@ from tasks import runtime
 from tasks.cli import main
 from tasks.settings import Settings
 from tasks.testing import processes
+from tasks.testing.workers import Workers
 from tests.helpers import append, db_state, seed, stream_seqs, wait_until
 from tests.servers import RedisServer, redis_server
-from tests.workers import BROKERS, CeleryProcesses, is_amqp, queued_messages
+from tests.workers import BROKERS, is_amqp, queued_messages
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_a_sink_outage_logs_once_when_it_starts_once_per_check_and_once_when_it_
     Session: sessionmaker[Session],
     settings: Settings,
     sink_server: RedisServer,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
 ) -> None:
     runs = seed(Session, runs=3, events=2)
     celery_processes.start_worker(OUTBOX_REDIS_URL=sink_server.url)
@@ -99,7 +100,7 @@ def test_runs_whose_drains_a_killed_worker_held_unstarted_are_drained_within_a_m
     settings: Settings,
     redis_client: redis.Redis,
     broker_url: str,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
     runs_table_locked: psycopg.Connection,
 ) -> None:
     runs = seed(Session, runs=6, events=3)
@@ -150,7 +151,7 @@ def test_a_kicked_drain_cut_short_by_its_time_limit_leaves_the_next_kick_free_to
     Session: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
     runs_table_locked: psycopg.Connection,
 ) -> None:
     first, second = seed(Session, runs=2, events=0)
@@ -175,7 +176,7 @@ def test_a_kicked_drain_cut_short_by_its_time_limit_leaves_the_next_kick_free_to
     assert stream_seqs(redis_client, settings.stream_prefix, first) == [1, 2]
 
 
-def kick_from_a_producer(processes_: CeleryProcesses, run_id: uuid.UUID, **env: str) -> None:
+def kick_from_a_producer(processes_: Workers, run_id: uuid.UUID, **env: str) -> None:
     """Kick ``run_id`` from a producer process configured like the workers."""
     program = "import sys, uuid\nfrom tasks.outbox import kick\nkick([uuid.UUID(sys.argv[1])])\n"
     subprocess.run(

@@ -14,13 +14,13 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.testing import processes
+from tasks.testing.workers import Workers
 from tests.helpers import db_state, seed, wait_until
-from tests.workers import CeleryProcesses
 
 TICK = 0.2  # OUTBOX_DISPATCH_INTERVAL: five dispatches a second
 
 
-def dispatches_run(celery_processes: CeleryProcesses) -> int:
+def dispatches_run(celery_processes: Workers) -> int:
     """How many outbox.dispatch tasks this test's worker has run (`celery inspect stats`)."""
     done = subprocess.run(
         [*processes.celery_command("inspect", "stats", "--json", "--timeout", "5")],
@@ -39,7 +39,7 @@ def dispatches_run(celery_processes: CeleryProcesses) -> int:
 
 def test_an_idle_worker_at_info_logs_nothing_per_dispatch_tick(
     Session: sessionmaker[Session],
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
 ) -> None:
     worker = celery_processes.start_worker()
     beat = celery_processes.start_beat(interval=TICK)
@@ -75,7 +75,7 @@ def json_lines(log: str) -> list[dict[str, Any]]:
 
 def test_with_json_logs_every_record_is_one_json_object_with_its_fields(
     Session: sessionmaker[Session],
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
 ) -> None:
     [run] = seed(Session, runs=1, events=3)
     worker = celery_processes.start_worker(OUTBOX_LOG_FORMAT="json")

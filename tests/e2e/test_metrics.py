@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from tasks.redis_sink import stream_key
 from tasks.settings import Settings
 from tasks.testing import processes
+from tasks.testing.workers import Workers
 from tests.helpers import db_state, seed, wait_until
 from tests.servers import RedisServer, free_port, redis_server
-from tests.workers import CeleryProcesses
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -84,7 +84,7 @@ def test_a_scrape_shows_the_workers_counts_and_the_databases_gauges_exactly(
     settings: Settings,
     tmp_path: Path,
     sink_server: RedisServer,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
 ) -> None:
     directory = tmp_path / "prometheus"
     directory.mkdir()

@@ -27,9 +27,9 @@ from tasks.cli import main
 from tasks.redis_sink import stream_key
 from tasks.settings import Settings
 from tasks.testing import processes
+from tasks.testing.workers import Workers
 from tests.helpers import db_state, seed, stream_seqs, wait_until
 from tests.servers import RedisServer, redis_server
-from tests.workers import CeleryProcesses
 
 OUTBOX = str(Path(sys.executable).with_name("outbox"))
 
@@ -48,7 +48,7 @@ def test_a_worker_refuses_a_pickled_message_without_unpickling_it_and_serves_on(
     Session: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
     tmp_path: Path,
 ) -> None:
     assert list(app.conf.accept_content) == ["json"]
@@ -106,7 +106,7 @@ def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 def test_no_credential_appears_in_logs_task_results_the_report_or_cli_output(
     Session: sessionmaker[Session],
     settings: Settings,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
     guarded_redis: tuple[RedisServer, str],
 ) -> None:
     server, redis_password = guarded_redis
@@ -225,7 +225,7 @@ def test_workers_and_producers_run_under_the_least_privileged_roles_of_the_readm
     Session: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
 ) -> None:
     worker_url, producer_url = restricted_roles
     worker_engine, producer_engine = make_engine(worker_url), make_engine(producer_url)

@@ -24,8 +24,8 @@ from models.db import libpq_url
 from tasks.redis_sink import stream_key
 from tasks.settings import Settings
 from tasks.testing.processes import CeleryProcess
+from tasks.testing.workers import Workers
 from tests.helpers import db_state, stream_seqs, wait_until
-from tests.workers import CeleryProcesses
 
 SHUTDOWN_TIMEOUT = 10.0  # OUTBOX_SHUTDOWN_TIMEOUT of the workers sent SIGTERM
 # One event per batch, and no batch limit: one drain task would take all of a long run, for
@@ -84,7 +84,7 @@ def test_a_worker_sent_sigterm_mid_drain_stops_after_its_batch_within_the_timeou
     Session: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
 ) -> None:
     events = 20_000
     run = seed_many(Session, events)
@@ -125,7 +125,7 @@ def test_a_drain_stuck_in_its_batch_is_cancelled_after_the_timeout_and_its_batch
     Session: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
     runs_table_locked: psycopg.Connection,
 ) -> None:
     events = 50

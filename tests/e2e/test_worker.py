@@ -15,8 +15,9 @@ from models import RunOutbox
 from tasks import Status, drain_outbox_for_run
 from tasks.redis_sink import RedisStreamSink, stream_key
 from tasks.settings import Settings
+from tasks.testing.workers import Workers
 from tests.helpers import append, db_state, seed, stream_seqs, wait_until
-from tests.workers import BROKERS, CeleryProcesses
+from tests.workers import BROKERS
 
 pytestmark = pytest.mark.parametrize("broker_url", BROKERS, indirect=True)
 
@@ -25,7 +26,7 @@ def test_celery_call_drain_run_on_a_real_worker_publishes_the_run(
     Session: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
 ) -> None:
     [run_id] = seed(Session, events=5)
     celery_processes.start_worker()
@@ -45,7 +46,7 @@ def test_celery_call_dispatch_drains_every_pending_run_through_the_broker(
     Session: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
 ) -> None:
     runs = seed(Session, runs=5, events=3)
     celery_processes.start_worker()
@@ -64,7 +65,7 @@ def test_seeding_and_draining_by_hand_while_worker_and_beat_run_never_crashes_or
     settings: Settings,
     publisher: RedisStreamSink,
     redis_client: redis.Redis,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
 ) -> None:
     # The original failure: a background drainer (here a real worker fed by beat every 0.1 s)
     # consumed rows a test had just seeded, and the test's own drain then crashed.
@@ -93,7 +94,7 @@ def test_a_real_worker_retries_a_refused_run_with_backoff_then_parks_it(
     Session: sessionmaker[Session],
     settings: Settings,
     redis_client: redis.Redis,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
 ) -> None:
     [run_id] = seed(Session, events=2)
     redis_client.set(stream_key(settings.stream_prefix, run_id), "not a stream")
@@ -121,7 +122,7 @@ def test_kicks_alone_drain_every_committed_event_through_a_real_worker(
     settings: Settings,
     redis_client: redis.Redis,
     broker_queue: str,
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
 ) -> None:
     runs = seed(Session, runs=4, events=0)
     celery_processes.start_worker(concurrency=2)

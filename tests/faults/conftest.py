@@ -18,10 +18,10 @@ from sqlalchemy import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import libpq_url
+from tasks.testing.workers import Workers
 from tests.e2e.test_security import readme_grants
 from tests.faults import report
 from tests.faults.harness import Scenario, WorkerRole
-from tests.workers import CeleryProcesses
 
 SIZES = ("bounded", "large")
 FIGURES = pytest.StashKey[list[report.Figures]]()
@@ -124,7 +124,7 @@ def scenario(
     db_url: URL,
     worker_role: WorkerRole,
     Session: sessionmaker[Session],
-    celery_processes: CeleryProcesses,
+    celery_processes: Workers,
     key_space: str,
     tmp_path: Path,
 ) -> Iterator[Scenario]:

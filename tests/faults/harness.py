@@ -2,7 +2,7 @@
 
 ``Scenario`` owns everything it starts (``close`` stops it all, workers first): private
 ``redis-server`` sinks, a TCP proxy, Celery workers and beats (through the harness's
-``CeleryProcesses``) that run as the scenario's restricted PostgreSQL role, and the producer
+``Workers``) that run as the scenario's restricted PostgreSQL role, and the producer
 process (``tests.faults.producer``). Faults are recorded with ``fault()``, so the scenario
 knows how many it injected and when the last one ended; ``settle()`` then waits until every
 committed event is published and returns the seconds it took since then.
@@ -31,10 +31,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import create_run
 from tasks.testing import processes
 from tasks.testing.processes import CeleryProcess
+from tasks.testing.workers import Workers
 from tests.faults import checker
 from tests.faults.report import Figures
 from tests.servers import RedisServer, TcpProxy
-from tests.workers import CeleryProcesses
 
 # What the workers of every scenario run with, besides the database, sink and queue: the
 # defaults, but for the attempts before parking (the harness sets 3 for the other tests).
@@ -119,7 +119,7 @@ class Scenario:
         Session: sessionmaker[Session],
         database: str,
         role: WorkerRole,
-        celery: CeleryProcesses,
+        celery: Workers,
         prefix: str,
         workdir: Path,
     ) -> None:

@@ -26,7 +26,7 @@ from models import Run, RunEvent
 from tasks import runtime
 from tasks.cli import main
 from tasks.settings import Settings
-from tests import services
+from tasks.testing import services
 from tests.helpers import seed, stream_seqs
 
 MIB = 1024 * 1024
@@ -368,19 +368,19 @@ def test_emit_defaults_the_payload_to_an_empty_object(
 
 
 @pytest.fixture
-def fresh_database_url(service_urls: services.Services) -> Iterator[URL]:
+def fresh_database_url(outbox_database_server: URL) -> Iterator[URL]:
     """A database name that does not exist yet; dropped afterwards if a test created it."""
-    url = service_urls.admin_url.set(database=services.unique_name("new"))
+    url = outbox_database_server.set(database=services.unique_name("new"))
     yield url
-    services.drop_database(service_urls.admin_url, str(url.database))
+    services.drop_database(outbox_database_server, str(url.database))
 
 
 @pytest.fixture
-def empty_database_url(service_urls: services.Services) -> Iterator[URL]:
+def empty_database_url(outbox_database_server: URL) -> Iterator[URL]:
     """A database that exists but has no tables."""
-    url = services.create_database(service_urls.admin_url)
+    url = services.create_database(outbox_database_server, template="template0")
     yield url
-    services.drop_database(service_urls.admin_url, str(url.database))
+    services.drop_database(outbox_database_server, str(url.database))
 
 
 def test_db_upgrade_creates_a_missing_database_and_is_idempotent(

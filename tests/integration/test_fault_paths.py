@@ -163,7 +163,6 @@ def commit_seconds(Session: sessionmaker[Session], run_id: uuid.UUID, n: int, ki
 def test_a_kick_costs_a_producer_little_whatever_state_redis_or_the_broker_is_in(
     Session: sessionmaker[Session],
     settings: Settings,
-    service_urls: object,
     broker_off: None,
     which: str,
     endpoint: str,

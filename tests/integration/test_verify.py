@@ -103,8 +103,9 @@ def test_entries_deleted_with_xdel_are_reported_missing_exactly_and_replay_canno
     assert (replayed.exit_code, replayed.stdout) == (1, f"{run_id}: added 0, 5 already present\n")
     assert replayed.stderr == (
         f"Error: could not restore seqs 3-4, 7 of run {run_id}: they are at or below the stream's "
-        "last id 8-0, and Redis adds entries only above it. To rebuild the stream, delete its "
-        "key and replay from 1 (its consumers then read it again from the start)\n"
+        f"last id 8-0, and Redis adds entries only above it. Rebuild the stream with `outbox "
+        f"replay {run_id} --rebuild`, which deletes it and writes it anew (its consumers then "
+        "read it again from the start)\n"
     )
     assert stream_seqs(redis_client, outbox.settings.stream_prefix, run_id) == [1, 2, 5, 6, 8]
 
@@ -481,6 +482,47 @@ def test_the_tasks_verify_and_replay_run_eagerly_and_return_json_dicts(
     assert json.loads(json.dumps(after)) == after
 
 
+def test_the_replay_task_with_rebuild_writes_the_stream_anew_as_the_cli_does(
+    Session: sessionmaker[Session], outbox: runtime.Runtime, redis_client: redis.Redis
+) -> None:
+    [run_id] = published(Session, events=5)
+    before = entries(outbox, run_id)
+    redis_client.xdel(key(outbox, run_id), "2-0", "4-0")  # below the last id: no plain replay
+    plain = replay.delay(str(run_id)).get()
+
+    rebuilt = replay.delay(str(run_id), rebuild=True).get()
+    again = replay.delay(str(run_id)).get()
+
+    assert (plain["status"], plain["not_restored_seqs"]) == ("incomplete", "2, 4")
+    assert rebuilt == {
+        "run_id": str(run_id),
+        "status": "complete",
+        "from_seq": 1,
+        "added": 5,
+        "already_present": 0,
+        "not_restored": 0,
+        "rebuilt": True,
+        "removed": 3,
+    }
+    assert entries(outbox, run_id) == before  # the same ids, types, payloads and event ids
+    assert (again["added"], again["already_present"]) == (0, 5)
+    assert verify.delay(str(run_id)).get()["status"] == "ok"
+
+
+def test_the_replay_task_will_not_rebuild_a_stream_that_holds_another_runs_entries(
+    Session: sessionmaker[Session], outbox: runtime.Runtime, redis_client: redis.Redis
+) -> None:
+    [run_id] = published(Session, events=2)
+    xadd(redis_client, key(outbox, run_id), "3-1", "stray", "{}")
+    old = entries(outbox, run_id)
+
+    result = replay.delay(str(run_id), rebuild=True).get()
+
+    assert (result["status"], "rebuilt" in result) == ("incomplete", False)
+    assert result["conflict"].startswith("the stream holds entries the publisher did not write")
+    assert entries(outbox, run_id) == old
+
+
 @pytest.mark.parametrize(
     ("task", "args", "kwargs", "error", "match"),
     [
@@ -488,6 +530,38 @@ def test_the_tasks_verify_and_replay_run_eagerly_and_return_json_dicts(
         pytest.param(replay, [], {}, InvalidTaskArguments, "outbox.replay takes", id="no id"),
         pytest.param(replay, ["{run}"], {"from_seq": 0}, InvalidTaskArguments, "got 0"),
         pytest.param(replay, ["{run}"], {"from_seq": "2"}, InvalidTaskArguments, "got '2'"),
+        pytest.param(
+            replay,
+            ["{run}"],
+            {"rebuild": "yes"},
+            InvalidTaskArguments,
+            "rebuild must be true or false, got 'yes'",
+            id="rebuild a string",
+        ),
+        pytest.param(
+            replay,
+            ["{run}"],
+            {"rebuild": 1},
+            InvalidTaskArguments,
+            "rebuild must be true or false, got 1",
+            id="rebuild an int",
+        ),
+        pytest.param(
+            replay,
+            ["{run}"],
+            {"rebuild": True, "from_seq": 2},
+            InvalidTaskArguments,
+            "from_seq goes with a plain replay only",
+            id="rebuild from_seq",
+        ),
+        pytest.param(
+            replay,
+            ["{run}", "1", "true", "x"],
+            {},
+            InvalidTaskArguments,
+            r"outbox.replay takes \(run_id, from_seq, rebuild\)",
+            id="too many",
+        ),
         pytest.param(replay, ["{unknown}"], {}, UnknownRun, "no run with id", id="unknown"),
         pytest.param(verify, ["{unknown}"], {}, UnknownRun, "no run with id", id="v unknown"),
     ],

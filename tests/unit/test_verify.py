@@ -386,8 +386,9 @@ def test_replay_reports_entries_below_the_streams_last_id_it_cannot_put_back() -
     assert str(result.not_restored) == "2-3, 6"
     assert result.problem() == (
         f"could not restore seqs 2-3, 6 of run {run_id}: they are at or below the stream's last id "
-        "6-0, and Redis adds entries only above it. To rebuild the stream, delete its key and "
-        "replay from 1 (its consumers then read it again from the start)"
+        "6-0, and Redis adds entries only above it. Rebuild the stream with `outbox replay "
+        f"{run_id} --rebuild`, which deletes it and writes it anew (its consumers then read it "
+        "again from the start)"
     )
 
 
