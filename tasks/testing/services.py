@@ -38,12 +38,12 @@ KEY_PREFIX = "outbox-test:"
 
 HOW_TO_PROVIDE = {
     "PostgreSQL": (
-        "start PostgreSQL on 127.0.0.1:5432 (role postgres, trust auth; `docker compose up -d` "
+        "start PostgreSQL on 127.0.0.1:5432 (role postgres, trust auth; `docker compose up --wait` "
         f"does), or set {DATABASE_ENV} to a server whose role may CREATE DATABASE, or make Docker "
         "available for testcontainers"
     ),
     "Redis": (
-        f"start Redis on 127.0.0.1:6379 (`docker compose up -d` does), or set {REDIS_ENV}, or "
+        f"start Redis on 127.0.0.1:6379 (`docker compose up --wait` does), or set {REDIS_ENV}, or "
         "make Docker available for testcontainers; a test that needs no Redis can use the "
         "in-memory sink (outbox_sink_kind = 'memory')"
     ),
