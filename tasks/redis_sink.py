@@ -20,7 +20,7 @@ from typing import Any, TypeAlias
 import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
-from redis.exceptions import RedisClusterException
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from tasks import scripts
@@ -240,18 +240,22 @@ class RedisStreamSink:
         if not by_run:
             return PublishOutcome()
         try:
-            replies = self._run_scripts(by_run)
-            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                # The server lost its script cache (a restart): load it again and re-send.
-                # Re-sending is safe because adding an entry twice is a no-op.
+            replies = dict(zip(by_run, self._run_scripts(by_run), strict=True))
+            lost = {
+                r: by_run[r] for r, reply in replies.items() if isinstance(reply, NoScriptError)
+            }
+            if lost:
+                # The server lost its script cache (a restart): load it again and re-send the
+                # runs it refused. Only those: on a cluster the other nodes' runs were added
+                # already, and sent again they would count as present, not added.
                 # A cluster client loads it on every primary (one node restarted, or a node
                 # new to the cluster that a resharding gave the run's slot).
                 self._script.sha = str(self.client.script_load(self._script.script))
-                replies = self._run_scripts(by_run)
+                replies.update(zip(lost, self._run_scripts(lost), strict=True))
         except ERRORS as exc:
             raise unavailable(exc) from exc
         outcome = PublishOutcome()
-        for run_id, reply in zip(by_run, replies, strict=True):
+        for run_id, reply in replies.items():
             if not isinstance(reply, Exception):
                 outcome.added[run_id], outcome.present[run_id] = (int(n) for n in reply)
             elif is_outage(reply):

@@ -229,6 +229,22 @@ def test_the_sink_loads_its_script_again_on_every_node_that_lost_it(
     assert sink.publish(events(runs, range(2, 3))).added == dict.fromkeys(runs, 1)
 
 
+@services
+def test_runs_on_the_nodes_that_kept_the_script_count_as_added_when_one_node_lost_it(
+    cluster: RedisCluster, prefix: str, connected: Callable[..., Client]
+) -> None:
+    sink = RedisStreamSink(connected(cluster.url), prefix)
+    runs = spread_runs(cluster, prefix)
+    sink.publish(events(runs, range(1, 2)))  # every node has the script now
+    cluster.nodes[0].client().script_flush()  # one node restarted: only its runs are refused
+
+    outcome = sink.publish(events(runs, range(2, 4)))
+
+    assert (outcome.added, outcome.present) == (dict.fromkeys(runs, 2), dict.fromkeys(runs, 0))
+    for run_id in runs:
+        assert [e.seq for e in read_stream(sink.client, prefix, run_id)] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("queued_prefix", ["outbox:queued:", "app:{tenant-7}:", "a{", "x}{y"])
 def test_the_kicked_sets_three_keys_hash_to_one_slot_whatever_the_prefix(
     queued_prefix: str,
