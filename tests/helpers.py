@@ -7,13 +7,17 @@ import uuid
 from collections.abc import Callable
 
 import redis
+from click.testing import CliRunner, Result
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import RunEvent, RunOutbox, append_event, create_run
-from tasks.redis_sink import read_stream
+from tasks import api, runtime
+from tasks.cli import main
+from tasks.redis_sink import read_stream, stream_key
+from tasks.sink import StreamEntry
 
 
 def seed(
@@ -75,3 +79,26 @@ def unreachable_redis() -> redis.Redis:
     return redis.Redis(
         host="127.0.0.1", port=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
     )
+
+
+def cli(*args: object) -> Result:
+    """Run ``outbox ARGS...`` in this process, as an operator would type it."""
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def published(Session: sessionmaker[Session], runs: int = 1, events: int = 3) -> list[uuid.UUID]:
+    """Seed runs and drain them into this test's streams."""
+    run_ids = seed(Session, runs=runs, events=events)
+    for run_id in run_ids:
+        assert api.drain_outbox_for_run(run_id).published == events
+    return run_ids
+
+
+def entries(current: runtime.Runtime, run_id: uuid.UUID) -> list[StreamEntry]:
+    """The entries of ``run_id``'s stream, read through the runtime's Redis."""
+    return read_stream(current.redis, current.settings.stream_prefix, run_id)
+
+
+def key(current: runtime.Runtime, run_id: uuid.UUID) -> str:
+    """The Redis key of ``run_id``'s stream under the runtime's prefix."""
+    return stream_key(current.settings.stream_prefix, run_id)

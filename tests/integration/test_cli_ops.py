@@ -15,25 +15,20 @@ import uuid
 import psycopg
 import pytest
 import redis
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy import func, make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Run, RunEvent, RunOutbox
 from tasks import api, runtime
-from tasks.cli import main
 from tasks.redis_sink import stream_key
 from tasks.settings import Settings
-from tests.helpers import seed, stream_seqs
+from tests.helpers import cli, seed, stream_seqs
 
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 DOWN_DATABASE = "postgresql+psycopg://someone:s3cret@127.0.0.1:1/nowhere"
 DOWN_REDIS = "redis://:s3cret@127.0.0.1:1/0"
 REDIS_ADVICE = "Check that it is running and that OUTBOX_REDIS_URL is right."
-
-
-def cli(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def _rows(Session: sessionmaker[Session]) -> tuple[int, int, int]:

@@ -19,28 +19,24 @@ from typing import Any
 
 import pytest
 import redis
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy import Engine, delete, func, inspect, make_url, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Run, RunEvent, RunOutbox, append_event
 from tasks import Status, drain_outbox_for_run, drain_outbox_once, runtime, sql
 from tasks import purge as retention
-from tasks.cli import PURGE_ROUND, main
+from tasks.cli import PURGE_ROUND
 from tasks.outbox import purge as purge_task
 from tasks.redis_sink import RedisStreamSink
 from tasks.settings import Settings
 from tasks.store import SqlStore
-from tests.helpers import append, seed, stream_seqs
+from tests.helpers import append, cli, seed, stream_seqs
 
 DAY = 86400.0
 WEEK = 7 * DAY
 DOWN_DATABASE = "postgresql+psycopg://someone:s3cret@127.0.0.1:1/nowhere"
 SUMMARY = re.compile(r"deleted (\d+) events published before \S+, in (\d+) batches\n")
-
-
-def cli(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def _summary(result: Result) -> tuple[int, int]:

@@ -13,41 +13,18 @@ import uuid
 from pathlib import Path
 
 import redis
-from click.testing import CliRunner, Result
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import append_event, create_run
 from tasks import api, runtime
-from tasks.cli import main
 from tasks.drain import Status
-from tasks.redis_sink import RedisStreamReader, read_stream, stream_key
+from tasks.redis_sink import RedisStreamReader
 from tasks.replay import rebuild_run
 from tasks.settings import Settings
-from tasks.sink import StreamEntry
 from tasks.verify import SqlLedger
-from tests.helpers import append, seed, stream_seqs
+from tests.helpers import append, cli, entries, key, published, stream_seqs
 from tests.servers import redis_server
-
-
-def cli(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def published(Session: sessionmaker[Session], runs: int = 1, events: int = 3) -> list[uuid.UUID]:
-    """Seed runs and drain them into this test's streams."""
-    run_ids = seed(Session, runs=runs, events=events)
-    for run_id in run_ids:
-        assert api.drain_outbox_for_run(run_id).published == events
-    return run_ids
-
-
-def entries(current: runtime.Runtime, run_id: uuid.UUID) -> list[StreamEntry]:
-    return read_stream(current.redis, current.settings.stream_prefix, run_id)
-
-
-def key(current: runtime.Runtime, run_id: uuid.UUID) -> str:
-    return stream_key(current.settings.stream_prefix, run_id)
 
 
 def verified_clean(run_id: uuid.UUID | None = None) -> bool:

@@ -17,45 +17,22 @@ from typing import Any
 
 import pytest
 import redis
-from click.testing import CliRunner, Result
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import InvalidRunId, UnknownRun, append_event, create_run
 from tasks import api, runtime
 from tasks.celery_app import InvalidTaskArguments
-from tasks.cli import main
 from tasks.outbox import replay, verify
-from tasks.redis_sink import RedisStreamReader, read_stream, stream_key
+from tasks.redis_sink import RedisStreamReader, stream_key
 from tasks.settings import Settings
-from tasks.sink import StreamEntry
 from tasks.verify import SqlLedger, verify_all, verify_run
-from tests.helpers import seed, stream_seqs
+from tests.helpers import cli, entries, key, published, seed, stream_seqs
 from tests.servers import redis_server
 
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 REPLAY_HINT = "`outbox replay RUN_ID` puts missing entries back"
 ONE_WRONG = f"Error: 1 run's stream does not match the database; {REPLAY_HINT}\n"
-
-
-def cli(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def published(Session: sessionmaker[Session], runs: int = 1, events: int = 3) -> list[uuid.UUID]:
-    """Seed runs and drain them into this test's streams."""
-    run_ids = seed(Session, runs=runs, events=events)
-    for run_id in run_ids:
-        assert api.drain_outbox_for_run(run_id).published == events
-    return run_ids
-
-
-def entries(current: runtime.Runtime, run_id: uuid.UUID) -> list[StreamEntry]:
-    return read_stream(current.redis, current.settings.stream_prefix, run_id)
-
-
-def key(current: runtime.Runtime, run_id: uuid.UUID) -> str:
-    return stream_key(current.settings.stream_prefix, run_id)
 
 
 def xadd(client: redis.Redis, stream: str, entry_id: str, type_: str, payload: str) -> None:
