@@ -14,9 +14,10 @@ from collections.abc import Collection, Mapping
 
 from models import errors
 
-# Digits only: no sign, no exponent, no underscores, none of the forms int() also takes.
-_INTEGER = re.compile(r"\+?[0-9]+", re.ASCII)
-# A plain decimal: no nan, inf, hex or underscores, which float() would take.
+# Digits only: no sign, no exponent, no underscores, no surrounding whitespace, none of the
+# forms int() also takes.
+_INTEGER = re.compile(r"[0-9]+", re.ASCII)
+# A plain decimal: no nan, inf, hex, underscores or surrounding whitespace, which float() takes.
 _DECIMAL = re.compile(r"\+?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}", re.ASCII)
 
@@ -58,10 +59,9 @@ def integer(env: Mapping[str, str], name: str, default: int, *, low: int = 1, hi
     raw = _raw(env, name)
     if raw is None:
         return default
-    text = raw.strip()
     # Compared as text before int(): a 5,000-digit value must not cost a conversion.
-    if _INTEGER.fullmatch(text) and len(text.lstrip("+0")) <= len(str(high)):
-        value = int(text)
+    if _INTEGER.fullmatch(raw) and len(raw.lstrip("0")) <= len(str(high)):
+        value = int(raw)
         if low <= value <= high:
             return value
     raise _integer_refused(name, low, high, raw)
@@ -72,9 +72,8 @@ def seconds(env: Mapping[str, str], name: str, default: float, *, high: float) -
     raw = _raw(env, name)
     if raw is None:
         return default
-    text = raw.strip()
-    if _DECIMAL.fullmatch(text):
-        value = float(text)  # finite: the pattern has no nan or inf, and 1e999 is above high
+    if _DECIMAL.fullmatch(raw):
+        value = float(raw)  # finite: the pattern has no nan or inf, and 1e999 is above high
         if 0 < value <= high:
             return value
     raise _seconds_refused(name, high, raw)
@@ -176,4 +175,66 @@ def _url_problem(value: str, schemes: Collection[str], kind: str, accepted: str)
         urllib.parse.urlsplit(value).port  # noqa: B018 - parsing the port is the check
     except ValueError:
         return "its host and port cannot be read (the port must be a number up to 65535)"
+    return None
+
+
+# The largest database number a Redis server can have (its ``databases`` is at most INT_MAX).
+MAX_REDIS_DATABASE = 2**31 - 1
+_DATABASE = re.compile(r"[0-9]{1,10}", re.ASCII)
+_REDIS_PATH = re.compile(r"/?([0-9]{1,10})?", re.ASCII)
+# Kombu's Redis transport strips up to two slashes before the number (``redis://host//``).
+_KOMBU_REDIS_PATH = re.compile(r"(?:/{1,2}([0-9]{1,10})?)?", re.ASCII)
+
+
+def redis_url(env: Mapping[str, str], name: str, default: str, *, schemes: Collection[str]) -> str:
+    """Return ``env[name]`` if it is a Redis URL (see ``url``) whose database is plain.
+
+    redis-py reads the database from the path (``/2``) or a ``db=`` query, and silently uses
+    database 0 for any path it cannot read (``/abc``, ``/7/extra``): here such a URL is
+    refused. A ``unix://`` URL's path is its socket, so only ``db=`` names its database.
+    """
+    value = url(env, name, default, kind="Redis", schemes=schemes)
+    if _raw(env, name) is not None:
+        problem = redis_database_problem(value)
+        if problem is not None:
+            raise errors.ConfigError(f"{name} is not a valid Redis URL: {problem}")
+    return value
+
+
+def redis_database_problem(value: str) -> str | None:
+    """What is wrong with the database that the Redis URL ``value`` names, if anything.
+
+    Neither the path nor the query is quoted back: a query may hold a password.
+    """
+    parts = urllib.parse.urlsplit(value)
+    numbers = []
+    if parts.scheme != "unix":
+        match = _REDIS_PATH.fullmatch(urllib.parse.unquote(parts.path))
+        if match is None:
+            return "its path must be empty, / or a database number such as /0"
+        if match[1] is not None:
+            numbers.append(int(match[1]))
+    path_number = numbers[0] if numbers else None
+    for given in urllib.parse.parse_qs(parts.query).get("db", []):
+        if not _DATABASE.fullmatch(given):
+            return "its db= query must be a database number such as db=0"
+        numbers.append(int(given))
+    if any(number > MAX_REDIS_DATABASE for number in numbers):
+        return f"its database number must be at most {MAX_REDIS_DATABASE}"
+    if len(set(numbers)) > 1:
+        if path_number is not None:
+            other = next(number for number in numbers if number != path_number)
+            return f"it names database {path_number} in its path and {other} in its db= query"
+        return "its db= queries name different databases"
+    return None
+
+
+def kombu_redis_database_problem(value: str) -> str | None:
+    """What is wrong with the database of the broker URL ``value`` (``redis://`` or
+    ``rediss://``) as Kombu's Redis transport reads it, from the path alone, if anything."""
+    match = _KOMBU_REDIS_PATH.fullmatch(urllib.parse.unquote(urllib.parse.urlsplit(value).path))
+    if match is None:
+        return "its path must be empty, / or a database number such as /0"
+    if match[1] is not None and int(match[1]) > MAX_REDIS_DATABASE:
+        return f"its database number must be at most {MAX_REDIS_DATABASE}"
     return None

@@ -34,6 +34,14 @@ class ConfigError(OutboxError):
     """Configuration is invalid."""
 
 
+class DatabaseUnavailable(OutboxError):
+    """The database cannot be reached now (connection refused or broken); retried.
+
+    What the producer API raises instead of the driver's error when its connection fails,
+    and what the drain side calls ``tasks.errors.StoreUnavailable`` (the same class).
+    """
+
+
 def preview(value: object, limit: int = 60) -> str:
     """``repr(value)``, cut to about ``limit`` characters: errors never echo a huge input."""
     if isinstance(value, (bytes, str)) and len(value) > limit:

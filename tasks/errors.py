@@ -7,9 +7,17 @@ towards parking it; an outage is about the sink as a whole and is retried, never
 
 from __future__ import annotations
 
-from models.errors import ConfigError, OutboxError
+from models.errors import ConfigError, DatabaseUnavailable, OutboxError
 
-__all__ = ["ConfigError", "OutboxError", "PublishError", "SinkUnavailable", "StoreUnavailable"]
+__all__ = [
+    "ConfigError",
+    "DatabaseUnavailable",
+    "OutboxError",
+    "PublishError",
+    "SinkUnavailable",
+    "StoreUnavailable",
+    "missing_database",
+]
 
 
 class PublishError(OutboxError):
@@ -20,5 +28,15 @@ class SinkUnavailable(OutboxError):
     """The sink cannot take entries now (down, out of memory, read-only, loading); retried."""
 
 
-class StoreUnavailable(OutboxError):
-    """The database cannot be reached now (connection refused or broken); retried."""
+# The database cannot be reached now (connection refused or broken); retried. One class with
+# the producer's error, so that ``except StoreUnavailable`` also catches what it raises.
+StoreUnavailable = DatabaseUnavailable
+
+
+def missing_database(database: int, databases: int | None = None) -> ConfigError:
+    """The error for a sink whose server refused ``SELECT database``: it has ``databases``
+    (when known; ``CONFIG GET databases`` may be refused)."""
+    count = f"it has {databases}; " if databases is not None else ""
+    return ConfigError(
+        f"database {database} does not exist on this server ({count}see OUTBOX_REDIS_URL)"
+    )

@@ -5,17 +5,25 @@ from __future__ import annotations
 import dataclasses
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from sqlalchemy import URL
 
 from models import env as settings_env
-from models.db import database_url
+from models.db import DEFAULT_DATABASE_URL, database_url
 from models.errors import ConfigError
 from models.errors import preview as errors_preview
-from models.producer import kick_by_default, max_payload_bytes
+from models.producer import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    KICK_ENV,
+    MAX_MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_BYTES_ENV,
+    kick_by_default,
+    max_payload_bytes,
+)
 from tasks.drain import Limits
-from tasks.purge import DEFAULT_RETENTION, duration_setting
+from tasks.purge import DEFAULT_RETENTION, DURATION_FORMS, duration_setting
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STREAM_PREFIX = "outbox:run:"
@@ -63,21 +71,155 @@ MAX_VISIBILITY_TIMEOUT = 7 * 86_400.0  # above the longest time limit
 MAX_SHUTDOWN_TIMEOUT = 86_400.0  # OUTBOX_SHUTDOWN_TIMEOUT
 LOG_FORMATS = ("text", "json")  # OUTBOX_LOG_FORMAT
 
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One environment variable the project reads, as the configuration page shows it."""
+
+    variable: str  # "OUTBOX_BATCH_SIZE"
+    kind: str  # "integer", "seconds", "flag", "text", "URL", "duration", "choice", "path"
+    default: str  # as shown to a user ("100", "redis://127.0.0.1:6379/0", "unset")
+    accepts: str  # "1 to 100000", "redis://, rediss://, unix://", "text or json"
+    doc: str  # one line: what it does
+
+
+@dataclasses.dataclass(frozen=True)
+class Number:
+    """A numeric field of Settings or CelerySettings: the one declaration its reading, its
+    check and its row of SETTINGS come from (the default is the field's own)."""
+
+    field: str
+    variable: str
+    high: int | float  # the lower bound is 1, or above 0 for seconds
+    doc: str
+    note: str = ""  # appended to what it accepts: " (256 MiB)", "; below ..."
+
+    def setting(self, kind: str, default: float) -> Setting:
+        """Its row of SETTINGS: ``kind`` is "integer" or "seconds"."""
+        high, low = _shown(self.high), "1 to" if kind == "integer" else "above 0, at most"
+        unit = "" if kind == "integer" else " seconds"
+        return Setting(
+            self.variable, kind, _shown(default), f"{low} {high}{unit}{self.note}", self.doc
+        )
+
+
+def _shown(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else repr(number)
+
+
+INTEGERS = (
+    Number(
+        "batch_size",
+        "OUTBOX_BATCH_SIZE",
+        MAX_BATCH_SIZE,
+        "at most this many events in one batch (one transaction, one Redis round trip)",
+    ),
+    Number(
+        "batch_max_bytes",
+        "OUTBOX_BATCH_MAX_BYTES",
+        MAX_BATCH_MAX_BYTES,
+        "a run's batch stops once its types and payloads reach this size (UTF-8 bytes)",
+        " (256 MiB)",
+    ),
+    Number(
+        "max_batches",
+        "OUTBOX_MAX_BATCHES",
+        MAX_MAX_BATCHES,
+        "batches per drain task before it returns more and queues a follow-up",
+    ),
+    Number(
+        "max_attempts",
+        "OUTBOX_MAX_ATTEMPTS",
+        MAX_MAX_ATTEMPTS,
+        "publishes the sink refuses before a run is parked stalled (outages never count)",
+    ),
+    Number(
+        "group_size",
+        "OUTBOX_GROUP_SIZE",
+        MAX_GROUP_SIZE,
+        "runs drained together, per task that dispatch queues and per kicked group",
+    ),
+    Number(
+        "dispatch_limit",
+        "OUTBOX_DISPATCH_LIMIT",
+        MAX_DISPATCH_LIMIT,
+        "at most this many pending runs looked at per dispatch pass",
+    ),
+    Number(
+        "queued_ttl",
+        "OUTBOX_QUEUED_TTL",
+        MAX_QUEUED_TTL,
+        "seconds before a queued-drain mark expires: how long a lost drain holds a run back",
+    ),
+)
+SECONDS = (
+    Number(
+        "kick_linger",
+        "OUTBOX_KICK_LINGER",
+        MAX_KICK_SECONDS,
+        "seconds outbox.drain_kicked waits for another kick once its set is empty",
+        "; below OUTBOX_REDIS_TIMEOUT",
+    ),
+    Number(
+        "kick_timeout",
+        "OUTBOX_KICK_TIMEOUT",
+        MAX_KICK_SECONDS,
+        "seconds a kick may wait for Redis or the broker, on the producer's commit path",
+    ),
+    Number(
+        "kick_pause",
+        "OUTBOX_KICK_PAUSE",
+        MAX_KICK_PAUSE,
+        "seconds kicks are skipped after one failed (beat's dispatch drains the runs)",
+    ),
+    Number(
+        "redis_timeout",
+        "OUTBOX_REDIS_TIMEOUT",
+        MAX_REDIS_TIMEOUT,
+        "socket and connect timeout, in seconds, for the sink's Redis",
+    ),
+)
+CELERY_SECONDS = (
+    Number(
+        "visibility_timeout",
+        "CELERY_VISIBILITY_TIMEOUT",
+        MAX_VISIBILITY_TIMEOUT,
+        "seconds before an SQS broker redelivers an unacknowledged message",
+        "; above CELERY_TASK_TIME_LIMIT on SQS",
+    ),
+    Number(
+        "soft_time_limit",
+        "CELERY_TASK_SOFT_TIME_LIMIT",
+        MAX_TASK_SECONDS,
+        "seconds before a task gets a soft time limit exception",
+        "; below CELERY_TASK_TIME_LIMIT",
+    ),
+    Number(
+        "time_limit",
+        "CELERY_TASK_TIME_LIMIT",
+        MAX_TASK_SECONDS,
+        "seconds before a task's process is killed",
+    ),
+    Number(
+        "dispatch_interval",
+        "OUTBOX_DISPATCH_INTERVAL",
+        MAX_DISPATCH_INTERVAL,
+        "seconds between beat's outbox.dispatch runs",
+    ),
+    Number(
+        "shutdown_timeout",
+        "OUTBOX_SHUTDOWN_TIMEOUT",
+        MAX_SHUTDOWN_TIMEOUT,
+        "seconds a worker's warm shutdown waits for a drain stuck inside a batch",
+    ),
+)
+
 # The numeric fields of Settings: each one's variable and upper bound.
-INTEGER_SETTINGS = {
-    "batch_size": ("OUTBOX_BATCH_SIZE", MAX_BATCH_SIZE),
-    "batch_max_bytes": ("OUTBOX_BATCH_MAX_BYTES", MAX_BATCH_MAX_BYTES),
-    "max_batches": ("OUTBOX_MAX_BATCHES", MAX_MAX_BATCHES),
-    "max_attempts": ("OUTBOX_MAX_ATTEMPTS", MAX_MAX_ATTEMPTS),
-    "group_size": ("OUTBOX_GROUP_SIZE", MAX_GROUP_SIZE),
-    "dispatch_limit": ("OUTBOX_DISPATCH_LIMIT", MAX_DISPATCH_LIMIT),
-    "queued_ttl": ("OUTBOX_QUEUED_TTL", MAX_QUEUED_TTL),
+INTEGER_SETTINGS: dict[str, tuple[str, int]] = {
+    number.field: (number.variable, int(number.high)) for number in INTEGERS
 }
-SECONDS_SETTINGS = {
-    "kick_linger": ("OUTBOX_KICK_LINGER", MAX_KICK_SECONDS),
-    "kick_timeout": ("OUTBOX_KICK_TIMEOUT", MAX_KICK_SECONDS),
-    "kick_pause": ("OUTBOX_KICK_PAUSE", MAX_KICK_PAUSE),
-    "redis_timeout": ("OUTBOX_REDIS_TIMEOUT", MAX_REDIS_TIMEOUT),
+SECONDS_SETTINGS: dict[str, tuple[str, float]] = {
+    number.field: (number.variable, float(number.high)) for number in SECONDS
 }
 
 
@@ -152,27 +294,50 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default: os.environ), refusing invalid values."""
         env = os.environ if environ is None else environ
+        fields: dict[str, Any] = {
+            "database_url": database_url(dict(env)),
+            "redis_url": redis_url(env),
+            "stream_prefix": settings_env.text(env, "OUTBOX_STREAM_PREFIX", DEFAULT_STREAM_PREFIX),
+            "queued_prefix": settings_env.text(env, "OUTBOX_QUEUED_PREFIX", DEFAULT_QUEUED_PREFIX),
+        }
+        fields |= _numbers(env, cls, INTEGERS, settings_env.integer)
+        fields |= _numbers(env, cls, SECONDS, settings_env.seconds)
         return cls(
-            database_url=database_url(dict(env)),
-            redis_url=settings_env.url(
-                env, "OUTBOX_REDIS_URL", DEFAULT_REDIS_URL, kind="Redis", schemes=REDIS_SCHEMES
-            ),
-            stream_prefix=settings_env.text(env, "OUTBOX_STREAM_PREFIX", DEFAULT_STREAM_PREFIX),
-            queued_prefix=settings_env.text(env, "OUTBOX_QUEUED_PREFIX", DEFAULT_QUEUED_PREFIX),
-            batch_size=_int(env, "batch_size"),
-            batch_max_bytes=_int(env, "batch_max_bytes"),
-            max_batches=_int(env, "max_batches"),
-            max_attempts=_int(env, "max_attempts"),
-            group_size=_int(env, "group_size"),
-            dispatch_limit=_int(env, "dispatch_limit"),
-            queued_ttl=_int(env, "queued_ttl"),
-            kick_linger=_seconds(env, "kick_linger"),
-            kick_timeout=_seconds(env, "kick_timeout"),
-            kick_pause=_seconds(env, "kick_pause"),
-            redis_timeout=_seconds(env, "redis_timeout"),
+            **fields,
             retention=duration_setting(env, "OUTBOX_RETENTION", cls.retention),
             redis_cluster=cluster_mode(env),
         )
+
+
+def redis_url(env: Mapping[str, str]) -> str:
+    """OUTBOX_REDIS_URL: a Redis URL whose database is plain digits; when unset, the local
+    server's (``redis://127.0.0.1:6379/0``) if it answers, else a running embedded Valkey's."""
+    url = settings_env.redis_url(env, "OUTBOX_REDIS_URL", "", schemes=REDIS_SCHEMES)
+    return url or default_redis_url(env)
+
+
+def default_redis_url(env: Mapping[str, str]) -> str:
+    """What OUTBOX_REDIS_URL means when unset (``models.embedded`` decides, and memoizes)."""
+    try:
+        from models import embedded  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:  # the embedded servers' module is optional
+        return DEFAULT_REDIS_URL
+    url: str = embedded.default_redis_url(env)
+    return url
+
+
+def _numbers(
+    env: Mapping[str, str],
+    owner: type[object],
+    numbers: tuple[Number, ...],
+    read: Callable[..., float],
+) -> dict[str, Any]:
+    """The fields ``numbers`` of ``owner`` (Settings, CelerySettings), each read from its
+    variable with ``read`` (``models.env.integer`` or ``seconds``), within its bounds."""
+    return {
+        number.field: read(env, number.variable, getattr(owner, number.field), high=number.high)
+        for number in numbers
+    }
 
 
 def cluster_mode(env: Mapping[str, str]) -> bool | None:
@@ -194,20 +359,6 @@ def _cluster_url_problem(url: str) -> str | None:
     if not (database.isdigit() and int(database) == 0):
         return "must use database 0 (a Redis Cluster has no other)"
     return None
-
-
-def _int(env: Mapping[str, str], field: str) -> int:
-    """The integer field of Settings read from its variable, within its bounds."""
-    name, high = INTEGER_SETTINGS[field]
-    default: int = getattr(Settings, field)
-    return settings_env.integer(env, name, default, high=high)
-
-
-def _seconds(env: Mapping[str, str], field: str) -> float:
-    """The seconds field of Settings read from its variable, within its bounds."""
-    name, high = SECONDS_SETTINGS[field]
-    default: float = getattr(Settings, field)
-    return settings_env.seconds(env, name, default, high=high)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,9 +398,9 @@ class CelerySettings:
         """Read them from ``environ`` (default: os.environ), refusing invalid values."""
         env = os.environ if environ is None else environ
         # The broker defaults to the sink's Redis: one Redis server is all a small setup needs.
-        sink = settings_env.url(
-            env, "OUTBOX_REDIS_URL", DEFAULT_REDIS_URL, kind="Redis", schemes=REDIS_SCHEMES
-        )
+        sink = settings_env.redis_url(env, "OUTBOX_REDIS_URL", "", schemes=REDIS_SCHEMES)
+        if not sink and not env.get("CELERY_BROKER_URL"):
+            sink = default_redis_url(env)  # asked only when it is the broker's default
         # Kombu's Redis transport cannot use a Redis Cluster: that default would not work.
         if cluster_mode(env) and not env.get("CELERY_BROKER_URL"):
             raise ConfigError(
@@ -264,40 +415,37 @@ class CelerySettings:
             schemes=RESULT_SCHEMES,
             shown="redis://, rediss://, rpc://, db+postgresql://, ... (Celery's backends)",
         )
+        broker = settings_env.url(
+            env,
+            "CELERY_BROKER_URL",
+            sink,
+            kind="broker",
+            schemes=BROKER_SCHEMES,
+            shown="amqp://, pyamqp://, redis://, rediss://, sentinel://, sqs://, ... "
+            "(Kombu's transports)",
+            failover=True,
+        )
+        if env.get("CELERY_BROKER_URL"):
+            _check_broker_databases(broker)
         return cls(
-            broker_url=settings_env.url(
-                env,
-                "CELERY_BROKER_URL",
-                sink,
-                kind="broker",
-                schemes=BROKER_SCHEMES,
-                shown="amqp://, pyamqp://, redis://, rediss://, sentinel://, sqs://, ... "
-                "(Kombu's transports)",
-                failover=True,
-            ),
+            broker_url=broker,
             result_backend=backend or None,
             default_queue=settings_env.text(env, "CELERY_TASK_DEFAULT_QUEUE", DEFAULT_QUEUE),
             outbox_queue=settings_env.text(env, "OUTBOX_QUEUE", DEFAULT_OUTBOX_QUEUE),
-            visibility_timeout=settings_env.seconds(
-                env,
-                "CELERY_VISIBILITY_TIMEOUT",
-                cls.visibility_timeout,
-                high=MAX_VISIBILITY_TIMEOUT,
-            ),
-            soft_time_limit=settings_env.seconds(
-                env, "CELERY_TASK_SOFT_TIME_LIMIT", cls.soft_time_limit, high=MAX_TASK_SECONDS
-            ),
-            time_limit=settings_env.seconds(
-                env, "CELERY_TASK_TIME_LIMIT", cls.time_limit, high=MAX_TASK_SECONDS
-            ),
-            dispatch_interval=settings_env.seconds(
-                env, "OUTBOX_DISPATCH_INTERVAL", cls.dispatch_interval, high=MAX_DISPATCH_INTERVAL
-            ),
-            shutdown_timeout=settings_env.seconds(
-                env, "OUTBOX_SHUTDOWN_TIMEOUT", cls.shutdown_timeout, high=MAX_SHUTDOWN_TIMEOUT
-            ),
+            **_numbers(env, cls, CELERY_SECONDS, settings_env.seconds),
             log_format=log_format(env),
         )
+
+
+def _check_broker_databases(broker: str) -> None:
+    """A ``redis://`` or ``rediss://`` broker's path must name its database as Kombu reads
+    it, which refuses a path such as ``/abc`` only when it first connects."""
+    for part in broker.split(";"):
+        member = part.strip()
+        if member.partition("://")[0] in ("redis", "rediss"):
+            problem = settings_env.kombu_redis_database_problem(member)
+            if problem is not None:
+                raise ConfigError(f"CELERY_BROKER_URL is not a valid broker URL: {problem}")
 
 
 def log_format(env: Mapping[str, str]) -> str:
@@ -336,3 +484,148 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     max_payload_bytes(env)
     kick_by_default(env)
     metrics_dir(env)
+
+
+_REDIS_ACCEPTS = (
+    "redis://, rediss://, unix://; the database as /N or ?db=N (digits; a unix:// socket: "
+    "?db=N only); with OUTBOX_REDIS_CLUSTER=1, a host and port and database 0"
+)
+_TEXT = "printable text, 1 to 200 characters"
+_FLAG = "1/0, true/false, yes/no, on/off, in any case"
+TEST_ONLY = "test-only: "  # how the doc of a setting only the test suite reads begins
+
+
+def _declared() -> tuple[Setting, ...]:
+    return (
+        Setting(
+            "OUTBOX_DATABASE_URL",
+            "URL",
+            f"{DEFAULT_DATABASE_URL}, else an embedded PostgreSQL's",
+            "a SQLAlchemy URL with the postgresql+psycopg or postgresql driver, port 1 to 65535",
+            "the PostgreSQL database that holds the outbox tables",
+        ),
+        Setting(
+            "OUTBOX_REDIS_URL",
+            "URL",
+            f"{DEFAULT_REDIS_URL}, else an embedded Valkey's",
+            _REDIS_ACCEPTS,
+            "the sink: the Redis server (or any node of a Redis Cluster) that holds the streams",
+        ),
+        Setting(
+            "OUTBOX_REDIS_CLUSTER",
+            "flag",
+            "unset",
+            f"{_FLAG}; unset: the first call asks the server (INFO cluster)",
+            "whether OUTBOX_REDIS_URL is a Redis Cluster node (1) or a single server (0)",
+        ),
+        Setting(
+            "OUTBOX_STREAM_PREFIX",
+            "text",
+            DEFAULT_STREAM_PREFIX,
+            f"{_TEXT}; not equal to OUTBOX_QUEUED_PREFIX",
+            "stream key prefix: a run's stream is <prefix><run_id>",
+        ),
+        Setting(
+            "OUTBOX_QUEUED_PREFIX",
+            "text",
+            DEFAULT_QUEUED_PREFIX,
+            f"{_TEXT}; not starting a hash tag with an empty {{}}",
+            "key prefix of the queued-drain marks (<prefix><run_id>) and the kicked set",
+        ),
+        *(number.setting("integer", getattr(Settings, number.field)) for number in INTEGERS),
+        *(number.setting("seconds", getattr(Settings, number.field)) for number in SECONDS),
+        Setting(
+            "OUTBOX_RETENTION",
+            "duration",
+            "7d",
+            f"seconds, or a number with s, m, h or d ({DURATION_FORMS}); above 0, at most 36500d",
+            "how long published events are kept before outbox.purge deletes them",
+        ),
+        Setting(
+            MAX_PAYLOAD_BYTES_ENV,
+            "integer",
+            str(DEFAULT_MAX_PAYLOAD_BYTES),
+            f"1 to {MAX_MAX_PAYLOAD_BYTES} (64 MiB)",
+            "largest payload append_event accepts, measured as compact UTF-8 JSON",
+        ),
+        Setting(
+            KICK_ENV,
+            "flag",
+            "0",
+            _FLAG,
+            "whether append_event kicks a drain on commit unless told kick=False",
+        ),
+        Setting(
+            "CELERY_BROKER_URL",
+            "URL",
+            "OUTBOX_REDIS_URL",
+            "a URL of a transport Kombu knows (amqp://, pyamqp://, redis://, rediss://, "
+            "sentinel://, sqs://, ...); several separated by ; for failover",
+            "Celery's broker (never a Redis Cluster: set it when the sink is one)",
+        ),
+        Setting(
+            "CELERY_RESULT_BACKEND",
+            "URL",
+            "unset",
+            "a URL of a result backend Celery knows (redis://, rpc://, db+postgresql://, ...)",
+            "Celery's result backend (unset: no results are stored)",
+        ),
+        Setting(
+            "CELERY_TASK_DEFAULT_QUEUE",
+            "text",
+            DEFAULT_QUEUE,
+            _TEXT,
+            "the application's default queue, for tasks that are not the outbox's",
+        ),
+        Setting(
+            "OUTBOX_QUEUE",
+            "text",
+            DEFAULT_OUTBOX_QUEUE,
+            _TEXT,
+            "the queue of the outbox tasks (outbox.*); workers must consume it",
+        ),
+        *(
+            number.setting("seconds", getattr(CelerySettings, number.field))
+            for number in CELERY_SECONDS
+        ),
+        Setting(
+            "OUTBOX_LOG_FORMAT",
+            "choice",
+            LOG_FORMATS[0],
+            "text or json, in any case",
+            "json: the worker and beat write each log record as one JSON object",
+        ),
+        Setting(
+            "PROMETHEUS_MULTIPROC_DIR",
+            "path",
+            "unset",
+            "an existing directory the process may write to",
+            "prometheus_client's: where each process writes its metrics, for outbox metrics",
+        ),
+        Setting(
+            "OUTBOX_SERVICES_DIR",
+            "path",
+            "${XDG_STATE_HOME:-~/.local/state}/outbox",
+            "a directory path",
+            "where the embedded servers keep their data",
+        ),
+        Setting(
+            "OUTBOX_TEST_DATABASE_URL",
+            "URL",
+            "unset",
+            "a PostgreSQL URL, as OUTBOX_DATABASE_URL",
+            f"{TEST_ONLY}the PostgreSQL server the test suite creates its databases on",
+        ),
+        Setting(
+            "OUTBOX_TEST_REDIS_URL",
+            "URL",
+            "unset",
+            "a Redis URL, as OUTBOX_REDIS_URL",
+            f"{TEST_ONLY}the Redis server the test suite uses",
+        ),
+    )
+
+
+# Every environment variable the project reads, once: the configuration page is generated
+# from it, and a unit test checks that the code reads no variable missing here.
+SETTINGS: tuple[Setting, ...] = _declared()

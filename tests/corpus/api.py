@@ -164,6 +164,7 @@ SURROGATE = "payload contains a lone surrogate"
 TOO_DEEP = "payload is nested too deeply to encode as JSON"
 NOT_JSON = "payload is not JSON-serialisable"
 NOT_A_UUID = "run id must be a UUID, got"
+NOT_A_STRING_KEY = "payload has a key that is not a string"
 
 
 def _type(id: str, type: Callable[[], object], message: str) -> ApiCase:
@@ -281,6 +282,21 @@ CASES: list[ApiCase] = [
     _payload("a Decimal", lambda: decimal.Decimal("1.5"), f"{NOT_JSON}: Object of type Decimal"),
     _payload("a tuple key", lambda: {(1, 2): 3}, f"{NOT_JSON}: keys must be str, int, float"),
     _payload("a circular object", circular, f"{NOT_JSON}: Circular reference detected"),
+    # json.dumps would store {1: "x"} as {"1": "x"}: a key that is not a string is refused.
+    _payload("an int key", lambda: {1: "x"}, f"{NOT_A_STRING_KEY}, 1 (int), in payload:"),
+    _payload("a None key", lambda: {None: "x"}, f"{NOT_A_STRING_KEY}, None (NoneType), in"),
+    _payload("a bool key", lambda: {"a": {True: 1}}, 'True (bool), in payload["a"]:'),
+    _payload("a float key", lambda: [{"a": 1}, {1.5: 1}], "1.5 (float), in payload[1]:"),
+    _payload(
+        "an int key beside objects nested 500 levels",
+        lambda: {"a": nested_dict(500), "b": [{"c": {0: 1}}]},
+        'in payload["b"][0]["c"]: JSON object keys must be strings',
+    ),
+    _payload(
+        "an int key under a 1,000-character key",
+        lambda: {"k" * 1000: {2: 1}},
+        "JSON object keys must be strings",
+    ),
     _payload("a 5,000-digit integer", lambda: 10**5000, f"{NOT_JSON}: Exceeds the limit"),
     # append_event and create_run: runs that do not exist or exist already
     ApiCase(

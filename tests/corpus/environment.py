@@ -88,17 +88,40 @@ def _label(value: str) -> str:
     return value if plain and value else quoted(value)
 
 
+# Integers are plain digits and seconds plain decimals, exactly: no sign on an integer, no
+# whitespace around either (issue 13: `OUTBOX_BATCH_SIZE=' 10'` was taken as 10).
+_SPACED_INTEGERS = {
+    "OUTBOX_BATCH_SIZE": (" 10", "10 ", "\t10", "10\n", "+10"),
+    "OUTBOX_MAX_ATTEMPTS": ("+5", " 5 "),
+    "OUTBOX_MAX_PAYLOAD_BYTES": ("1024\n",),
+}
+_SPACED_SECONDS = {
+    "OUTBOX_DISPATCH_INTERVAL": (" 1", "1 ", "\t0.5"),
+    "CELERY_TASK_TIME_LIMIT": ("300\n",),
+    "OUTBOX_KICK_PAUSE": (" +.5",),
+}
+
 # The values the issue reported as accepted and failing later.
-_REPORTED = {("OUTBOX_BATCH_SIZE", "0"), ("OUTBOX_BATCH_SIZE", "100000000000000000000")}
+_REPORTED = {
+    ("OUTBOX_BATCH_SIZE", "0"),
+    ("OUTBOX_BATCH_SIZE", "100000000000000000000"),
+    ("OUTBOX_BATCH_SIZE", " 10"),
+}
 
 
 def _integer_cases() -> list[EnvCase]:
     cases = []
     for name, high in INTEGERS.items():
-        for value in ("0", "nan", str(high + 1), _MORE_INTEGERS[name]):
+        for value in (
+            "0",
+            "nan",
+            str(high + 1),
+            _MORE_INTEGERS[name],
+            *_SPACED_INTEGERS.get(name, ()),
+        ):
             cases.append(
                 EnvCase(
-                    f"{name}={value}",
+                    f"{name}={_label(value)}",
                     {name: value},
                     f"{name} must be an integer from 1 to {high}, got {value!r}",
                     processes=value == "nan" or (name, value) in _REPORTED,
@@ -110,7 +133,7 @@ def _integer_cases() -> list[EnvCase]:
 def _seconds_cases() -> list[EnvCase]:
     cases = []
     for name, high in SECONDS.items():
-        values = ["0", "nan", str(high + 1), _MORE_SECONDS[name]]
+        values = ["0", "nan", str(high + 1), _MORE_SECONDS[name], *_SPACED_SECONDS.get(name, ())]
         if name == "OUTBOX_SHUTDOWN_TIMEOUT":
             values += _WRONG_KINDS
         for value in values:
@@ -183,6 +206,8 @@ _BROKER_SCHEMES = (
 _BACKEND_SCHEMES = "(redis://, rediss://, rpc://, db+postgresql://, ... (Celery's backends))"
 _PORT = "its host and port cannot be read (the port must be a number up to 65535)"
 _PRINTABLE = "must be printable text of at most 200 characters"
+_DATABASE_PATH = "its path must be empty, / or a database number such as /0"
+_DATABASE_QUERY = "its db= query must be a database number such as db=0"
 
 OTHER_CASES = [
     # URLs: the scheme is named, never the rest, which may hold a password.
@@ -213,6 +238,72 @@ OTHER_CASES = [
         "OUTBOX_REDIS_URL with a space",
         {"OUTBOX_REDIS_URL": "redis://127.0.0.1:6379/0 redis://other"},
         "OUTBOX_REDIS_URL is not a valid Redis URL: it contains spaces or control characters",
+    ),
+    # The database of a Redis URL: redis-py used database 0 for a path it could not read.
+    EnvCase(
+        "OUTBOX_REDIS_URL with a database that is no number",
+        {"OUTBOX_REDIS_URL": "redis://127.0.0.1:6379/abc"},
+        f"OUTBOX_REDIS_URL is not a valid Redis URL: {_DATABASE_PATH}",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL with more path after the database",
+        {"OUTBOX_REDIS_URL": "redis://127.0.0.1:6379/7/extra"},
+        f"OUTBOX_REDIS_URL is not a valid Redis URL: {_DATABASE_PATH}",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL rediss:// with a database that is no number",
+        {"OUTBOX_REDIS_URL": "rediss://:s3cret@127.0.0.1:6380/s3cret"},
+        f"OUTBOX_REDIS_URL is not a valid Redis URL: {_DATABASE_PATH}",
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL with a signed database",
+        {"OUTBOX_REDIS_URL": "redis://127.0.0.1:6379/-1"},
+        f"OUTBOX_REDIS_URL is not a valid Redis URL: {_DATABASE_PATH}",
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL with a database of 5,000 digits",
+        {"OUTBOX_REDIS_URL": f"redis://127.0.0.1:6379/{HUGE}"},
+        f"OUTBOX_REDIS_URL is not a valid Redis URL: {_DATABASE_PATH}",
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL with a database above 2147483647",
+        {"OUTBOX_REDIS_URL": "redis://127.0.0.1:6379/2147483648"},
+        "OUTBOX_REDIS_URL is not a valid Redis URL: its database number must be at most 2147483647",
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL with a db= query that is no number",
+        {"OUTBOX_REDIS_URL": "redis://127.0.0.1:6379?db=abc&password=s3cret"},
+        f"OUTBOX_REDIS_URL is not a valid Redis URL: {_DATABASE_QUERY}",
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL with a db= query with a space",
+        {"OUTBOX_REDIS_URL": "redis://127.0.0.1:6379/?db=%201"},
+        f"OUTBOX_REDIS_URL is not a valid Redis URL: {_DATABASE_QUERY}",
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL with one database in the path and another in the query",
+        {"OUTBOX_REDIS_URL": "redis://127.0.0.1:6379/1?db=2"},
+        "OUTBOX_REDIS_URL is not a valid Redis URL: it names database 1 in its path and 2 "
+        "in its db= query",
+        processes=True,
+    ),
+    EnvCase(
+        "OUTBOX_REDIS_URL unix:// with a db= query that is no number",
+        {"OUTBOX_REDIS_URL": "unix:///run/redis/redis.sock?db=one"},
+        f"OUTBOX_REDIS_URL is not a valid Redis URL: {_DATABASE_QUERY}",
+    ),
+    EnvCase(
+        "CELERY_BROKER_URL redis:// with a database that is no number",
+        {"CELERY_BROKER_URL": "redis://:s3cret@127.0.0.1:6379/abc"},
+        f"CELERY_BROKER_URL is not a valid broker URL: {_DATABASE_PATH}",
+        processes=True,
+    ),
+    EnvCase(
+        "CELERY_BROKER_URL failover list with a bad database",
+        {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/0;rediss://127.0.0.1:6380/0/1"},
+        f"CELERY_BROKER_URL is not a valid broker URL: {_DATABASE_PATH}",
     ),
     EnvCase(
         "CELERY_BROKER_URL=nonsense",

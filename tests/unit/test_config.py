@@ -180,7 +180,7 @@ def test_the_defaults_and_plain_values_of_every_setting_are_accepted() -> None:
             "CELERY_RESULT_BACKEND": "db+postgresql://app@db.example/results",
             "CELERY_TASK_DEFAULT_QUEUE": "outbox events",
             "OUTBOX_KICK_ON_COMMIT": " Yes ",
-            "OUTBOX_BATCH_SIZE": " 250 ",
+            "OUTBOX_BATCH_SIZE": "250",
             "OUTBOX_KICK_PAUSE": "+.5",
             "OUTBOX_REDIS_TIMEOUT": "1e1",
             # AMQP redelivers nothing after a visibility timeout: no cross-check then.
