@@ -1,7 +1,9 @@
 """Celery settings for the outbox publisher, every one read from the environment.
 
-Loaded by module name (``app.config_from_object("celeryconfig")``), as Celery recommends, so
-prefork children read the same settings. Messages are JSON, and only JSON is accepted.
+Loaded by ``tasks.celery_app`` from this file's path, under a private module name, so that an
+application's own ``celeryconfig`` module (first on sys.path) never replaces it; an application
+layers its settings on top with ``app.conf.update(...)``. Messages are JSON, and only JSON is
+accepted.
 The values come from ``tasks.settings.CelerySettings``, which checks them: an invalid one is a
 ConfigError naming its variable (``celery -A tasks ...`` reports it before this module loads).
 """
@@ -66,6 +68,8 @@ DISPATCH_INTERVAL = _settings.dispatch_interval
 # shutdown waits this long for running drains, then cancels them (tasks.shutdown).
 outbox_shutdown_timeout = _settings.shutdown_timeout
 outbox_log_format = _settings.log_format  # "text" or "json" (tasks.logs)
+# A worker that does not consume this queue logs that it will never drain (tasks.celery_app).
+outbox_queue = _settings.outbox_queue
 
 beat_schedule = {
     "outbox-dispatch": {

@@ -2,13 +2,22 @@
 
 ``celery -A tasks worker`` and ``celery -A tasks beat`` find ``app`` here. The names are
 loaded on first use (a module ``__getattr__``), so ``import tasks.drain`` and the other plain
-modules never load Celery or Redis.
+modules never load Celery or Redis. ``import tasks`` is also enough for
+``append_event(kick=True)``: the first kick loads the app (``models.kicks``).
+
+Before anything here imports ``models``, this checks that the name is the outbox's own
+package, not an application's ``models/`` found first on sys.path (``outbox_names``): one
+line naming the file, never an ImportError from deep inside.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+import outbox_names
+
+outbox_names.refuse("models")
 
 if TYPE_CHECKING:
     from tasks.api import drain_outbox_for_run, drain_outbox_for_runs, drain_outbox_once, resume

@@ -1,10 +1,23 @@
-"""The Celery application, configured from the ``celeryconfig`` module."""
+"""The Celery application, configured from the project's own ``celeryconfig.py``.
+
+The settings come from the ``celeryconfig.py`` installed beside the ``tasks`` package (both in
+site-packages, or both in the checkout), loaded by its path under a private module name: a
+``celeryconfig`` module of the application's, first on sys.path (Celery's own convention puts
+one in the folder a worker starts from), is never read instead. An application layers its own
+settings on top in a module of its own, ``from tasks import app; app.conf.update(...)``, and
+starts ``celery -A thatmodule worker``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 import os
+import sys
+import types
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import click
@@ -73,8 +86,57 @@ def _refuse_invalid_settings_under_the_celery_command() -> None:
 
 _refuse_invalid_settings_under_the_celery_command()
 
+# The project's celeryconfig.py, next to the tasks package, and the name it is loaded under.
+CONFIG_FILE = Path(__file__).resolve().parents[1] / "celeryconfig.py"
+CONFIG_MODULE = "_outbox_celeryconfig"
+
+
+def _own_config() -> types.ModuleType:
+    """The project's celeryconfig module, loaded from CONFIG_FILE (once per process).
+
+    Registered in sys.modules under CONFIG_MODULE, so that it is loaded once, and a prefork
+    child (forked) has it already.
+    """
+    loaded = sys.modules.get(CONFIG_MODULE)
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location(CONFIG_MODULE, CONFIG_FILE)
+    if spec is None or spec.loader is None:  # pragma: no cover - the file is part of the package
+        raise ImportError(f"cannot load the outbox's Celery settings from {CONFIG_FILE}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[CONFIG_MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[CONFIG_MODULE]  # a settings error leaves nothing half-loaded behind
+        raise
+    return module
+
+
+class _OwnConfig(Mapping[str, Any]):
+    """The settings of the project's celeryconfig, read from the file on first use.
+
+    Celery reads a configuration object lazily, the first time a setting is needed, as it
+    imported ``config_from_object("celeryconfig")`` lazily: an application that imports the
+    app with an invalid setting in its environment gets the ConfigError from that read, not
+    from its import (tasks/settings.py checks the values as the module loads).
+    """
+
+    def _settings(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(_own_config()).items() if not k.startswith("__")}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._settings()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._settings())
+
+    def __len__(self) -> int:
+        return len(self._settings())
+
+
 app = Celery("outbox", include=["tasks.outbox"])
-app.config_from_object("celeryconfig")
+app.config_from_object(_OwnConfig())
 
 
 # Workers and beat say what they are in their database connections' application_name
@@ -90,11 +152,13 @@ def _identify_beat(**_: Any) -> None:
     identify_as("beat")
 
 
-# Logging of the worker and beat (tasks.logs): JSON lines with OUTBOX_LOG_FORMAT=json, and no
-# line for a dispatch tick that found nothing to queue. Pool processes inherit both.
+# Logging of the worker and beat (tasks.logs): JSON lines with OUTBOX_LOG_FORMAT=json, no
+# line for a dispatch tick that found nothing to queue, and one line, not a traceback, for a
+# dispatch beat could not send because the broker is down. Pool processes inherit all three.
 @signals.after_setup_logger.connect(dispatch_uid="outbox.setup_logger")
 def _setup_logger(logger: logging.Logger, **_: Any) -> None:
     logs.quiet_idle_dispatch()
+    logs.shorten_beat_send_errors(_broker_connection_errors())
     if app.conf.outbox_log_format == "json":
         logs.format_as_json(logger, _current_task)
 
@@ -103,6 +167,41 @@ def _setup_logger(logger: logging.Logger, **_: Any) -> None:
 def _setup_task_logger(logger: logging.Logger, **_: Any) -> None:
     if app.conf.outbox_log_format == "json":
         logs.format_as_json(logger, _current_task)
+
+
+def _broker_connection_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean "the broker cannot be reached": Kombu's, and the transport's own.
+
+    Building the connection object loads the transport's class only; nothing connects.
+    """
+    from kombu.exceptions import OperationalError
+
+    transport = app.connection_for_write()
+    try:
+        return (OperationalError, ConnectionError, *transport.connection_errors)
+    finally:
+        transport.release()
+
+
+# A worker that does not consume the outbox queue never drains, and nothing else would say so:
+# beat keeps sending outbox.dispatch into a queue nobody reads.
+_worker_logger = logging.getLogger("tasks.worker")
+
+
+@signals.worker_ready.connect(dispatch_uid="outbox.check_queues")
+def _check_queues(sender: Any = None, **_: Any) -> None:
+    if getattr(sender, "app", None) is not app:  # signals are global: another app's worker
+        return
+    consumed = sorted(queue.name for queue in app.amqp.queues.consume_from.values())
+    outbox_queue = app.conf.outbox_queue
+    if outbox_queue not in consumed:
+        _worker_logger.warning(
+            "this worker does not consume the outbox queue %r (it consumes %s) and will never "
+            "drain: the dispatches and drains wait there. Start it with -Q %s, or without -Q",
+            outbox_queue,
+            ", ".join(consumed) or "nothing",
+            ",".join(dict.fromkeys([*consumed, outbox_queue])),
+        )
 
 
 def _current_task() -> dict[str, str]:

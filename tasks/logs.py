@@ -7,6 +7,8 @@
   level, logger, message, and the structured fields given with ``extra=``.
 * ``QuietIdleDispatch`` drops the two lines Celery logs for every dispatch that found nothing
   to queue, so an idle worker logs nothing per beat tick.
+* ``ShortBeatSendErrors`` makes beat's error for a task it could not send because the broker
+  is unreachable one line, without the traceback and the stack Celery adds to it.
 
 No Celery here: ``tasks.jobs`` logs the drain's line, ``tasks.celery_app`` installs the rest.
 """
@@ -224,3 +226,54 @@ def format_as_json(
     """Make every handler of ``logger`` write JSON lines."""
     for handler in logger.handlers:
         handler.setFormatter(JsonFormatter(context))
+
+
+# Celery's format of beat's error for a due task it could not send (celery.beat.Scheduler
+# .apply_entry): the error, then the whole stack, then the traceback (exc_info). Should Celery
+# change it, the lines are left as they are.
+BEAT_SEND_ERROR = "Message Error: %s\n%s"
+BEAT_LOGGER = "celery.beat"
+
+
+class ShortBeatSendErrors(logging.Filter):
+    """Makes beat's "Couldn't apply scheduled task" a single line when the broker is down.
+
+    While the broker restarts, beat fails to send every due dispatch, and Celery logs each
+    failure with the stack and the traceback: dozens of lines per tick, where a worker logs
+    one per reconnect. A failure caused by one of ``connection_errors`` (anywhere in the
+    exception's chain) is logged as the error's own one line; any other failure keeps its
+    traceback, because that is a bug to read.
+    """
+
+    def __init__(self, connection_errors: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.connection_errors = connection_errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != BEAT_SEND_ERROR or not record.exc_info or not record.args:
+            return True
+        error = record.exc_info[1]
+        if error is None or not self._broker_down(error):
+            return True
+        record.msg = "%s (the broker is unreachable; beat sends it again when it is next due)"
+        record.args = (" ".join(str(error).split()),)
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+    def _broker_down(self, error: BaseException) -> bool:
+        seen: set[int] = set()
+        current: BaseException | None = error
+        while current is not None and id(current) not in seen:
+            if isinstance(current, self.connection_errors):
+                return True
+            seen.add(id(current))
+            current = current.__cause__ or current.__context__
+        return False
+
+
+def shorten_beat_send_errors(connection_errors: tuple[type[BaseException], ...]) -> None:
+    """Install ``ShortBeatSendErrors`` on beat's logger (once)."""
+    log = logging.getLogger(BEAT_LOGGER)
+    if not any(isinstance(f, ShortBeatSendErrors) for f in log.filters):
+        log.addFilter(ShortBeatSendErrors(connection_errors))

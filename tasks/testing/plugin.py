@@ -1,14 +1,17 @@
 """The outbox's pytest plugin: deterministic outbox tests for an application's own suite.
 
-Installed with the package and loaded automatically (the ``pytest11`` entry point ``outbox``;
-``-p no:outbox`` leaves it out). Loading it only defines fixtures, none of them autouse, and
+Installed with the package and loaded automatically (the ``pytest11`` entry point ``outbox``,
+module ``outbox_pytest_plugin``, which loads this one unless an application's own ``tasks`` or
+``models`` package takes the name, and then stands aside with one line; ``-p no:outbox``
+leaves it out). Loading it only defines fixtures, none of them autouse, and
 registers the ``services`` marker, which it puts on the tests that use its servers (so
 ``-m "not services"`` runs the rest). No server, no Celery and no environment variable is
 touched until a test asks for a fixture. The fixtures:
 
 * ``outbox_database_server``, ``outbox_redis_server`` (session): where PostgreSQL and Redis
   are (``tasks.testing.services``); when one is missing, the run stops with one message saying
-  how to provide it, never a skip.
+  how to provide it, never a skip, and exit code 4 (``pytest.ExitCode.USAGE_ERROR``: the
+  environment lacks a service; not 3, pytest's code for an internal error).
 * ``outbox_template`` (session): a migrated template database, one per session, or per xdist
   worker. ``outbox_database``: a copy of it for this test alone, dropped afterwards;
   ``outbox_engine``, ``outbox_session_factory`` on it.
@@ -79,7 +82,7 @@ def outbox_database_server() -> Iterator[URL]:
         with services.database_server() as url:
             yield url
     except services.ServicesUnavailable as exc:
-        pytest.exit(str(exc), returncode=3)
+        pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +94,7 @@ def outbox_redis_server() -> Iterator[str]:
         with services.redis_server() as url:
             yield url
     except services.ServicesUnavailable as exc:
-        pytest.exit(str(exc), returncode=3)
+        pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
