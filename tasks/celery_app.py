@@ -91,6 +91,35 @@ CONFIG_FILE = Path(__file__).resolve().parents[1] / "celeryconfig.py"
 CONFIG_MODULE = "_outbox_celeryconfig"
 
 
+def _note_a_foreign_celeryconfig_under_the_celery_command() -> None:
+    """Under ``celery``, say in one line that a ``celeryconfig`` of someone else's is not read.
+
+    Celery's convention is a celeryconfig.py in the folder a worker starts from; its settings
+    would otherwise be ignored without a word. Anywhere else (an application's own process,
+    its tests), nothing is printed.
+    """
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return
+    if getattr(context.find_root().command.callback, "__module__", None) != "celery.bin.celery":
+        return
+    try:
+        spec = importlib.util.find_spec("celeryconfig")
+    except (ImportError, ValueError):
+        return
+    if spec is None or spec.origin is None or Path(spec.origin).resolve() == CONFIG_FILE:
+        return
+    click.echo(
+        f"Note: {spec.origin} is not read: the outbox's app has its own settings "
+        f"({CONFIG_FILE}); to change some, update them in a module of yours (`from tasks "
+        "import app; app.conf.update(...)`) and start `celery -A yourmodule ...`",
+        err=True,
+    )
+
+
+_note_a_foreign_celeryconfig_under_the_celery_command()
+
+
 def _own_config() -> types.ModuleType:
     """The project's celeryconfig module, loaded from CONFIG_FILE (once per process).
 

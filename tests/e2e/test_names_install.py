@@ -203,6 +203,9 @@ def test_a_worker_started_beside_an_applications_celeryconfig_consumes_the_outbo
     assert "does not consume the outbox queue" not in content
     assert "transport:   redis://" in content  # the outbox's broker, not memory://
     assert f".> {queue} exchange={queue}(direct)" in content  # [queues]: consumed
+    [note] = [line for line in content.splitlines() if "is not read" in line]
+    assert note.startswith(f"Note: {app / 'celeryconfig.py'} is not read: ")
+    assert "app.conf.update(...)" in note
 
 
 def test_an_applications_own_tasks_package_leaves_its_test_run_alone_with_one_line(
