@@ -15,7 +15,7 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import errors
+from models import embedded, errors
 
 DATABASE_URL_ENV = "OUTBOX_DATABASE_URL"
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/outbox"
@@ -27,9 +27,17 @@ _engines: dict[str, Engine] = {}
 
 
 def database_url(environ: dict[str, str] | None = None) -> URL:
-    """Return the configured database URL, with the psycopg 3 driver filled in."""
+    """Return the configured database URL, with the psycopg 3 driver filled in.
+
+    Without OUTBOX_DATABASE_URL: ``DEFAULT_DATABASE_URL`` when a server answers on its port,
+    else the embedded PostgreSQL's URL when one runs (see models.embedded)."""
     env = os.environ if environ is None else environ
-    return normalize_url(env.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL)
+    configured = env.get(DATABASE_URL_ENV)
+    if configured:
+        return normalize_url(configured)
+    # Unset: the local server on the default port, else the embedded one (models.embedded),
+    # decided once per process, so the many calls of get_engine() cost a dict look-up.
+    return normalize_url(embedded.default_database_url(env))
 
 
 def normalize_url(url: str | URL) -> URL:
