@@ -24,7 +24,7 @@ from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from tasks import scripts
-from tasks.errors import SinkUnavailable
+from tasks.errors import SinkUnavailable, missing_database
 from tasks.sink import Entry, PublishOutcome, StreamEntry, conflict_message
 from tasks.verify import StreamInfo, StreamItem, StreamUnreadable
 
@@ -81,9 +81,14 @@ _OUTAGE_TYPES = (
 )
 
 
+# What a server answers to the SELECT of a database it does not have (redis-py sends it on
+# every new connection): about the configuration, so about the sink as a whole.
+MISSING_DATABASE = "DB index is out of range"
+
+
 def is_outage(error: Exception) -> bool:
     """True if ``error`` is about the Redis server as a whole rather than about one key."""
-    if isinstance(error, _OUTAGE_TYPES):
+    if isinstance(error, _OUTAGE_TYPES) or MISSING_DATABASE in str(error):
         return True
     # redis-py keeps the code in the message for the codes it has no class for.
     code = str(error).split(" ", 1)[0]
@@ -93,7 +98,9 @@ def is_outage(error: Exception) -> bool:
 def unavailable(error: Exception) -> SinkUnavailable:
     """The SinkUnavailable that stands for ``error`` (chain it with ``from error``)."""
     hint = ""
-    if isinstance(error, redis.exceptions.AskError):
+    if MISSING_DATABASE in str(error):
+        hint = " (the database number of OUTBOX_REDIS_URL does not exist on this server)"
+    elif isinstance(error, redis.exceptions.AskError):
         hint = " (a Redis Cluster node: leave OUTBOX_REDIS_CLUSTER unset, or set it to 1)"
     return SinkUnavailable(f"Redis unavailable: {type(error).__name__}: {error}{hint}")
 
@@ -137,6 +144,9 @@ def is_cluster_node(client: redis.Redis) -> bool:
     try:
         info: Any = client.info("cluster")
     except redis.ResponseError as exc:  # INFO refused (an ACL) or renamed away
+        if MISSING_DATABASE in str(exc):  # not about INFO: the URL names no database here
+            database = int(client.connection_pool.connection_kwargs.get("db", 0))
+            raise missing_database(database, _database_count(client)) from exc
         # A single server, as before there was a choice: a cluster node would answer MOVED
         # for the keys of other nodes, an outage whose message names OUTBOX_REDIS_CLUSTER.
         logger.warning(
@@ -146,6 +156,22 @@ def is_cluster_node(client: redis.Redis) -> bool:
         )
         return False
     return bool(info.get("cluster_enabled"))
+
+
+def _database_count(client: redis.Redis) -> int | None:
+    """How many databases the server behind ``client`` has (None: it will not say)."""
+    pool = client.connection_pool
+    connection = pool.connection_class(**{**pool.connection_kwargs, "db": 0})
+    try:
+        connection.send_command("CONFIG", "GET", "databases")
+        reply: Any = connection.read_response()
+        # A flat [name, value] list, or a {name: value} map where the protocol has maps.
+        value = next(iter(reply.values())) if isinstance(reply, dict) else reply[1]
+        return int(value)
+    except (redis.RedisError, IndexError, StopIteration, ValueError, TypeError):
+        return None
+    finally:
+        connection.disconnect()
 
 
 class LazyClient:
