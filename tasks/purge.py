@@ -50,7 +50,7 @@ def parse_duration(text: str) -> float:
     Raises ValueError, with a message that reads after the name of what was given, for
     anything else, for zero, and for more than 100 years.
     """
-    match = _DURATION.fullmatch(text.strip())
+    match = _DURATION.fullmatch(text)
     if match is None:
         raise ValueError(f"must be a duration such as {DURATION_FORMS}, got {preview(text)}")
     seconds = float(match[1]) * _UNITS[match[2]]

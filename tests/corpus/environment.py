@@ -74,7 +74,7 @@ _MORE_SECONDS = {
 HUGE = "9" * 5000
 _WRONG_KINDS = ("inf", "thirty", " ", HUGE)
 _LOG_FORMATS = ("nan", "inf", "-1", "xml", "jsonl", "text,json", " ")
-_DURATIONS = ("nan", "inf", "-1", "-1d", "7x", "7D", "1e3", "seven days", " ", "1e999")
+_DURATIONS = ("nan", "inf", "-1", "-1d", "7x", "7D", "1e3", "seven days", " ", "1e999", " 7d")
 
 
 def quoted(value: str) -> str:
