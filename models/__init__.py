@@ -6,6 +6,7 @@ from models.base import Base
 from models.db import get_engine, make_engine, session_factory
 from models.errors import (
     ConfigError,
+    DatabaseUnavailable,
     InvalidPayload,
     InvalidRunId,
     OutboxError,
@@ -20,6 +21,7 @@ from models.run import OutboxStatus, Run, RunEvent, RunOutbox
 __all__ = [
     "Base",
     "ConfigError",
+    "DatabaseUnavailable",
     "InvalidPayload",
     "InvalidRunId",
     "OutboxError",
