@@ -20,8 +20,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-# The directory that holds the ``tasks`` package and ``celeryconfig``: ``-A tasks`` and
-# ``config_from_object("celeryconfig")`` import them from the working directory.
+# The directory that holds the ``tasks`` package (and the ``celeryconfig.py`` its app reads by
+# path): the processes start there, so ``-A tasks`` imports this checkout's package.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # What the processes log once they are up: a worker at INFO, beat at INFO.
