@@ -428,6 +428,27 @@ def _socket_dir(paths: _PgPaths) -> Path:
     return short
 
 
+def _run_pg(argv: list[str], paths: _PgPaths, what: str) -> None:
+    """Run a PostgreSQL program as the run user; a failure is one line naming the log."""
+    try:
+        subprocess.run(
+            argv,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=paths.home,
+            umask=0o077,  # its files (log, pidfile) for its owner only
+            **_run_as(paths.user),
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        said = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else str(exc).encode()
+        detail = " ".join((said or b"").decode(errors="replace").split())[:300]
+        raise ConfigError(
+            f"embedded PostgreSQL did not start ({what} failed; its log: {paths.log}): {detail}"
+        ) from exc
+
+
 def _start_postgres(state: Path) -> str:
     """Start PostgreSQL in ``state`` unless it runs; return its admin socket folder.
 
@@ -454,7 +475,6 @@ def _start_postgres(state: Path) -> str:
             ROOT_DATA_PARENT.mkdir(mode=0o711, parents=True)
         ROOT_DATA_PARENT.chmod(0o711)  # traversable by the run user, listable by root only
     _own(paths.home, paths.user, 0o700)
-    run_as = _run_as(paths.user)
     if not (paths.data / "PG_VERSION").exists():
         # initdb into a side folder, renamed when complete: a starter killed mid-initdb leaves
         # no half-made cluster that would never start.
@@ -464,7 +484,7 @@ def _start_postgres(state: Path) -> str:
 
             shutil.rmtree(scratch)
         _own(scratch, paths.user, 0o700)
-        subprocess.run(
+        _run_pg(
             [
                 str(bin_dir / "initdb"),
                 "-D",
@@ -477,13 +497,8 @@ def _start_postgres(state: Path) -> str:
                 "--no-sync",  # a development cluster: speed over durability
                 "--no-instructions",
             ],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=paths.home,
-            umask=0o077,  # its files (log, pidfile) for its owner only
-            **run_as,
+            paths,
+            "initdb",
         )
         scratch.rename(paths.data)
     sockets = _socket_dir(paths)
@@ -498,36 +513,26 @@ def _start_postgres(state: Path) -> str:
         "-c max_connections=200",  # tests and prefork workers hold many
         "-c max_wal_size=256MB",
         "-c log_min_messages=warning",
+        "-c log_checkpoints=off",
     ]
-    try:
-        subprocess.run(
-            [
-                str(bin_dir / "pg_ctl"),
-                "start",
-                "-D",
-                str(paths.data),
-                "-w",
-                "-t",
-                str(int(START_TIMEOUT)),
-                "-s",
-                "-l",
-                str(paths.log),
-                "-o",
-                " ".join(options),
-            ],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=paths.home,
-            umask=0o077,  # its files (log, pidfile) for its owner only
-            **run_as,
-        )
-    except subprocess.CalledProcessError as exc:
-        raise ConfigError(
-            f"embedded PostgreSQL did not start (its log: {paths.log}): "
-            + " ".join(exc.stderr.decode(errors="replace").split())[:300]
-        ) from exc
+    _run_pg(
+        [
+            str(bin_dir / "pg_ctl"),
+            "start",
+            "-D",
+            str(paths.data),
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            "-s",
+            "-l",
+            str(paths.log),
+            "-o",
+            " ".join(options),
+        ],
+        paths,
+        "pg_ctl start",
+    )
     running = _pg_running(paths)
     if running is None:
         raise ConfigError(f"embedded PostgreSQL did not start (its log: {paths.log})")
@@ -543,11 +548,16 @@ def _stop_postgres(state: Path) -> int | None:
             return None
     else:
         pid = running[0]
+    sockets = Path(running[1]) if running is not None else None
     # SIGINT is the fast shutdown: SIGTERM (smart) would wait for every client, e.g. a worker,
     # to disconnect. SIGQUIT (immediate) and SIGKILL only if it does not go.
     _stop_pid(pid, (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL))
     with contextlib.suppress(FileNotFoundError):
         paths.pidfile.unlink()  # left behind only by the last two
+    if sockets is not None and not sockets.is_relative_to(paths.home):
+        import shutil
+
+        shutil.rmtree(sockets, ignore_errors=True)  # a short temporary one: made per start
     return pid
 
 
