@@ -10,6 +10,8 @@ do, never a traceback: ``OutboxGroup`` turns every exception into that line in o
 from __future__ import annotations
 
 import datetime as dt
+import importlib
+import importlib.util
 import json
 import math
 import os
@@ -18,32 +20,31 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import alembic.util
 import click
-import psycopg.errors
-import redis
-import sqlalchemy.exc
-from sqlalchemy import select
 
-import tasks.outbox  # noqa: F401 - registers the kicker, so `emit` kicks when configured to
-from models import Run, RunOutbox, append_event, create_run, errors, migrate
-from models.ids import parse_run_id
-from tasks import api, metrics, redis_sink, runtime, sql
-from tasks import purge as retention
-from tasks import replay as stream_replay
-from tasks import verify as stream_verify
-from tasks.drain import DrainResult, Status
-from tasks.errors import PublishError, SinkUnavailable, StoreUnavailable
-from tasks.redis_sink import RedisStreamReader
-from tasks.runtime import Runtime
-from tasks.settings import check_environment, metrics_dir
+# The drivers, SQLAlchemy, Celery and the rest of the project are imported by the verbs that
+# need them, not here: `outbox --help`, `--version` and `VERB --help` import click only.
+if TYPE_CHECKING:
+    from tasks import replay as stream_replay
+    from tasks import verify as stream_verify
+    from tasks.drain import DrainResult
+    from tasks.redis_sink import RedisStreamReader
+    from tasks.runtime import Runtime
 
 FAILED, BAD_INPUT = 1, 2  # exit statuses (0 is success)
 MAX_MESSAGE_CHARS = 500  # an error line never echoes a huge input or server answer
 MAX_IDS_SHOWN = 3  # run ids named in one message
 MAX_BIGINT = 2**63 - 1  # PostgreSQL's largest bigint: no seq or count is larger
+DISTRIBUTION = "outbox-publisher"  # the package whose version `outbox --version` prints
+# Defaults shown in the verbs' help, kept here so that --help imports nothing; a unit test
+# checks them against the modules they come from (tasks.purge, tasks.metrics).
+PURGE_BATCH_SIZE, PURGE_MAX_BATCH_SIZE = 1000, 5000
+METRICS_DEFAULT_PORT = 9808
+SERVICES_ADVICE = "`outbox services up` starts embedded ones"
+# psycopg's hint lines, which repeat what the message around them says
+PSYCOPG_HINTS = ("Is the server running",)
 
 
 class BadInput(click.ClickException):
@@ -59,11 +60,28 @@ def _line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 
 def _sentence(text: str) -> str:
+    """``text`` ending as a sentence: a full stop added unless it ends with one already."""
+    text = text.rstrip()
     return text if text.endswith((".", "?", "!")) else f"{text}."
+
+
+def _clause(text: str) -> str:
+    """``text`` without its closing full stop or colon, to be continued or closed by us."""
+    return text.rstrip().rstrip(".:;").rstrip()
+
+
+def _usage_line(exc: click.UsageError, path: str | None = None) -> str:
+    """A usage error as one sentence and where to read more, for one line on stderr: the
+    help of the command it names, else of ``path`` (for an error click raised without one)."""
+    path = exc.ctx.command_path if exc.ctx is not None else path
+    hint = f" See '{path} --help'." if path else ""
+    return _sentence(exc.format_message()) + hint
 
 
 def _redis_url() -> str:
     """OUTBOX_REDIS_URL with its password hidden."""
+    from tasks import runtime
+
     parts = urllib.parse.urlsplit(runtime.current().settings.redis_url)
     user, at, host = parts.netloc.rpartition("@")
     netloc = f"{user.partition(':')[0]}:***@{host}" if at and ":" in user else parts.netloc
@@ -73,62 +91,179 @@ def _redis_url() -> str:
 
 
 def _database_url() -> str:
+    from tasks import runtime
+
     return runtime.current().settings.database_url.render_as_string(hide_password=True)
 
 
 def _sink_down(detail: str, *, unreachable: bool = False) -> tuple[str, int]:
+    """The line for a sink that does not take entries: what it said, and what to do."""
     state = "unreachable" if unreachable else "unavailable"
+    if unreachable or detail.startswith(("ConnectionError", "TimeoutError")):
+        advice = f"Start it, or point OUTBOX_REDIS_URL at one that runs ({SERVICES_ADVICE})."
+    elif detail.startswith("AuthenticationError") or "AUTH" in detail or "WRONGPASS" in detail:
+        advice = "Check the user name and password in OUTBOX_REDIS_URL."
+    else:  # up, but out of memory, read-only or loading: drains retry
+        advice = "Drains retry until it takes entries again; check the server's state."
+    return f"Redis at {_redis_url()} is {state}: {_sentence(detail)} {advice}", FAILED
+
+
+def _driver_error(exc: BaseException) -> BaseException | None:
+    """The psycopg error behind ``exc`` (its cause, or a SQLAlchemy error's ``orig``), if any.
+
+    Only looked for when psycopg was imported: an error of a module never loaded cannot occur.
+    """
+    if "psycopg" not in sys.modules:
+        return None
+    import psycopg
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, psycopg.Error):
+            return current
+        orig = getattr(current, "orig", None)  # sqlalchemy.exc.DBAPIError
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return None
+
+
+def _psycopg_detail(error: BaseException) -> str:
+    """What psycopg said, on one line, without its hint lines or the "connection failed:"
+    every connection error starts with; no closing full stop (the caller ends the sentence)."""
+    lines = [" ".join(line.split()) for line in str(error).splitlines()]
+    kept = [line for line in lines if line and not line.startswith(PSYCOPG_HINTS)]
+    text = " ".join(kept).removeprefix("connection failed: ") or type(error).__name__
+    return _clause(text.replace("FATAL: ", ""))
+
+
+def _database_failure(exc: BaseException) -> tuple[str, int] | None:
+    """The line for a database error by its cause, or None if it is not one of these: the
+    server unreachable, the credentials refused, the database or its schema missing."""
+    error = _driver_error(exc)
+    if error is None:
+        return None
+    import psycopg.errors
+
+    if isinstance(error, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)):
+        return "the outbox schema here is missing or out of date: run `outbox db upgrade`", FAILED
+    if not isinstance(error, psycopg.OperationalError) or error.sqlstate is not None:
+        return None  # the server's answer to a statement, not to connecting
+    detail, url = _psycopg_detail(error), _database_url()
+    if "does not exist" in detail and "database " in detail:
+        message = (
+            f"PostgreSQL at {url} has no such database ({detail}): run `outbox db upgrade`, "
+            "which creates it and its schema"
+        )
+        return message, FAILED
+    if "authentication" in detail or "role " in detail or "pg_hba.conf" in detail:
+        message = (
+            f"PostgreSQL at {url} refused the credentials ({detail}): check the user name and "
+            "password in OUTBOX_DATABASE_URL"
+        )
+        return message, FAILED
+    if "FATAL" in str(error):  # answering, but refusing connections (starting up, full)
+        return f"PostgreSQL at {url} refused the connection: {detail}", FAILED
     message = (
-        f"Redis at {_redis_url()} is {state}: {_sentence(detail)} "
-        "Check that it is running and that OUTBOX_REDIS_URL is right."
+        f"PostgreSQL at {url} is unreachable: {detail}. Start it, or point "
+        f"OUTBOX_DATABASE_URL at one that runs ({SERVICES_ADVICE})."
     )
     return message, FAILED
 
 
-def _database_down(detail: str) -> tuple[str, int]:
-    message = (
-        f"PostgreSQL at {_database_url()} failed: {_sentence(detail.strip())} Check that the "
-        "server is running and that OUTBOX_DATABASE_URL is right, then run `outbox db upgrade`."
-    )
-    return message, FAILED
+def _redis_failure(exc: BaseException) -> tuple[str, int] | None:
+    """The line for a redis-py error, or None if ``exc`` is not one."""
+    if "redis" not in sys.modules:
+        return None
+    import redis
+
+    from tasks import redis_sink
+
+    if not isinstance(exc, (redis.RedisError, redis.exceptions.RedisClusterException)):
+        return None
+    if isinstance(exc, redis.RedisError) and redis_sink.is_outage(exc):
+        unreachable = isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+        kind = "" if unreachable else f"{type(exc).__name__}: "
+        return _sink_down(f"{kind}{exc}", unreachable=unreachable)
+    return f"Redis at {_redis_url()} refused a command: {exc}", FAILED
 
 
 def _failure(exc: Exception) -> tuple[str, int]:
-    """The message and exit status that stand for ``exc``, an error inside a verb."""
+    """The message and exit status that stand for ``exc``, an error inside a verb.
+
+    The project's and the drivers' error types are tested only when their module is loaded.
+    """
     if isinstance(exc, click.UsageError):
-        hint = f" See '{exc.ctx.command_path} --help'." if exc.ctx is not None else ""
-        return _sentence(exc.format_message()) + hint, BAD_INPUT
+        return _usage_line(exc), BAD_INPUT
     if isinstance(exc, click.ClickException):
         return exc.format_message(), exc.exit_code
-    if isinstance(exc, (errors.InvalidRunId, errors.InvalidPayload)):
-        return str(exc), BAD_INPUT
-    if isinstance(exc, SinkUnavailable):
-        return _sink_down(str(exc).removeprefix("Redis unavailable: "))
-    if isinstance(exc, redis.RedisError):
-        if redis_sink.is_outage(exc):
-            unreachable = isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
-            return _sink_down(str(exc), unreachable=unreachable)
-        return f"Redis at {_redis_url()} refused a command: {exc}", FAILED
-    if isinstance(exc, StoreUnavailable):
-        return _database_down(str(exc).removeprefix("PostgreSQL unavailable: "))
-    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-        return _database_down(str(exc.orig))
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        if isinstance(exc.orig, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)):
-            return (
-                "the outbox schema here is missing or out of date: run `outbox db upgrade`",
-                FAILED,
-            )
-        return f"PostgreSQL refused a statement: {exc.orig}", FAILED
-    if isinstance(exc, alembic.util.CommandError):
-        return f"migrating the schema failed: {exc}", FAILED
-    if isinstance(exc, errors.OutboxError):  # UnknownRun, RunExists, PublishError, ConfigError
-        return str(exc), FAILED
+    if "models.errors" in sys.modules:
+        from models import errors
+
+        if isinstance(exc, (errors.InvalidRunId, errors.InvalidPayload)):
+            return str(exc), BAD_INPUT
+    if "tasks.errors" in sys.modules:
+        from tasks.errors import SinkUnavailable
+
+        if isinstance(exc, SinkUnavailable):
+            return _sink_down(str(exc).removeprefix("Redis unavailable: "))
+    found = _redis_failure(exc) or _database_failure(exc)
+    if found is not None:
+        return found
+    if "tasks.errors" in sys.modules:
+        from tasks.errors import StoreUnavailable
+
+        if isinstance(exc, StoreUnavailable):  # without a driver error behind it
+            detail = _clause(str(exc).removeprefix("PostgreSQL unavailable: "))
+            return f"PostgreSQL at {_database_url()} is unavailable: {detail}", FAILED
+    if "sqlalchemy" in sys.modules:
+        import sqlalchemy.exc
+
+        if isinstance(exc, sqlalchemy.exc.DBAPIError):
+            return f"PostgreSQL refused a statement: {exc.orig}", FAILED
+    if "alembic" in sys.modules:
+        import alembic.util
+
+        if isinstance(exc, alembic.util.CommandError):
+            return f"migrating the schema failed: {exc}", FAILED
+    if "models.errors" in sys.modules:
+        from models import errors
+
+        if isinstance(exc, errors.OutboxError):  # UnknownRun, RunExists, PublishError, ...
+            return str(exc), FAILED
     return f"unexpected {type(exc).__name__}: {exc} (a bug in outbox: please report it)", FAILED
+
+
+# Verbs defined in other modules, loaded only when one is run: (module, attribute, the short
+# help `outbox --help` shows, which a unit test checks against the command's own).
+LAZY_COMMANDS = {
+    "services": (
+        "tasks.services_cli",
+        "services",
+        "Embedded PostgreSQL and Valkey for development, kept in one state folder.",
+    ),
+}
 
 
 class OutboxGroup(click.Group):
     """Runs a verb; whatever goes wrong inside it ends as one line and an exit status."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        """The group's own options read; a usage error there is one line too (click's own
+        would be three: usage, a hint, the error)."""
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `outbox` alone: the help
+        except click.UsageError as exc:
+            path = f"{parent.command_path} {info_name}" if parent is not None else info_name
+            raise BadInput(_line(_usage_line(exc, path or self.name))) from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -137,14 +272,58 @@ class OutboxGroup(click.Group):
             raise  # help asked for, an exit, Ctrl-C: click's own handling
         except (BrokenPipeError, EOFError):
             raise  # `outbox tail ... | head`, end of input: click's own handling too
+        except click.UsageError as exc:  # reading the verb's arguments, or the verb itself
+            verb = ctx.invoked_subcommand
+            path = f"{ctx.command_path} {verb}" if verb else ctx.command_path
+            raise BadInput(_line(_usage_line(exc, path))) from exc
         except Exception as exc:
             message, code = _failure(exc)
             raise (BadInput if code == BAD_INPUT else click.ClickException)(_line(message)) from exc
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        lazy = [name for name in LAZY_COMMANDS if _lazy_available(name)]
+        return sorted({*super().list_commands(ctx), *lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS and _lazy_available(cmd_name):
+            module, attribute, _help = LAZY_COMMANDS[cmd_name]
+            loaded = getattr(importlib.import_module(module), attribute)
+            if isinstance(loaded, click.Command):
+                return loaded
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The verbs and their short help, without loading the lazy ones."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows: list[tuple[str, str]] = []
+        for name in names:
+            if name in LAZY_COMMANDS and name not in self.commands:
+                stand_in = click.Command(name, help=LAZY_COMMANDS[name][2])  # loads nothing
+                rows.append((name, stand_in.get_short_help_str(limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _lazy_available(name: str) -> bool:
+    """Whether the module of the lazy verb ``name`` is installed (a cheap lookup)."""
+    return importlib.util.find_spec(LAZY_COMMANDS[name][0]) is not None
 
 
 def _current() -> Runtime:
     """This process's runtime, built from the environment on first use, every setting
     checked first: a bad one is one line naming its variable, before anything runs."""
+    from models import errors
+    from tasks import runtime
+    from tasks.settings import check_environment
+
     check_environment()
     try:
         return runtime.current()
@@ -155,6 +334,9 @@ def _current() -> Runtime:
 def _run_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> uuid.UUID | None:
     if value is None:
         return None
+    from models import errors
+    from models.ids import parse_run_id
+
     try:
         return parse_run_id(value)
     except errors.InvalidRunId as exc:
@@ -170,6 +352,10 @@ def _run_ids(
 
 def _statuses(current: Runtime, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
     """Each run's outbox status; UnknownRun naming (a few of) the runs that do not exist."""
+    from sqlalchemy import select
+
+    from models import RunOutbox, errors
+
     query = select(RunOutbox.run_id, RunOutbox.status).where(RunOutbox.run_id.in_(run_ids))
     with current.session_factory() as session:
         found: dict[uuid.UUID, str] = {row.run_id: row.status for row in session.execute(query)}
@@ -185,7 +371,31 @@ def _statuses(current: Runtime, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID,
     return found
 
 
-@click.group(cls=OutboxGroup, name="outbox")
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib import metadata
+
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        version = "(not installed)"
+    click.echo(f"{DISTRIBUTION} {version}")
+    ctx.exit()
+
+
+@click.group(
+    cls=OutboxGroup, name="outbox", context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "--version",
+    "-V",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version,
+    help="Print the version and exit.",
+)
 def main() -> None:
     """Transactional outbox publisher: PostgreSQL outbox to Redis Streams."""
 
@@ -198,6 +408,8 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Create the database if it is missing, then apply every migration."""
+    from models import migrate
+
     settings = _current().settings
     if migrate.upgrade(settings.database_url):
         click.echo(f"created database {settings.database_url.database!r}")
@@ -208,6 +420,8 @@ def db_upgrade() -> None:
 @click.argument("run_id", required=False, callback=_run_id)
 def create_run_command(run_id: uuid.UUID | None) -> None:
     """Create a run (a new UUID unless RUN_ID is given) and print its id."""
+    from models import create_run
+
     current = _current()
     with current.session_factory() as session, session.begin():
         run = create_run(session, run_id)
@@ -254,6 +468,8 @@ def emit(
     create: bool,
 ) -> None:
     """Append an event of TYPE to RUN_ID's outbox and print its seq."""
+    from models import Run, append_event, create_run
+
     value = _payload(payload, payload_file)
     current = _current()
     with current.session_factory() as session, session.begin():
@@ -283,6 +499,11 @@ def drain_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
         raise click.UsageError("give either a RUN_ID or --all, not both")
     if run_id is None and not all_runs:
         raise click.UsageError("give either a RUN_ID or --all")
+    from models import errors
+    from tasks import api
+    from tasks.drain import Status
+    from tasks.errors import PublishError, SinkUnavailable
+
     _current()  # settings first: a malformed one is reported before anything runs
     if run_id is None:
         passed = api.drain_outbox_once()
@@ -306,6 +527,40 @@ def drain_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
         raise click.ClickException(_parked(result))
 
 
+# Every pending event and stalled run, not only the runs `--limit` shows.
+PENDING_SUMMARY = """
+    SELECT count(DISTINCT run_id) AS runs, count(*) AS events, min(created_at) AS oldest,
+           (SELECT count(*) FROM run_outbox WHERE status = 'stalled') AS stalled
+    FROM run_events
+    WHERE published_at IS NULL
+"""
+
+
+def _age(now: dt.datetime, since: dt.datetime) -> str:
+    return f"{max((now - since).total_seconds(), 0.0):.1f}s"
+
+
+def _sink_state(current: Runtime) -> tuple[str, tuple[str, int] | None]:
+    """The sink's state line, from a PING sent now, and the error line if it did not answer."""
+    import redis
+
+    try:
+        current.redis.ping()
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        failure = _redis_failure(exc) or (str(exc), FAILED)
+        return f"sink unreachable: {_redis_url()}: {_line(str(exc), 200)}", failure
+    return f"sink up: {_redis_url()}", None
+
+
+def _pending_line(summary: Any, now: dt.datetime) -> str:
+    stalled = f"; {summary.stalled} stalled" if summary.stalled else ""
+    if not summary.runs:
+        return f"nothing pending{stalled}"
+    runs = "1 run" if summary.runs == 1 else f"{summary.runs} runs"
+    events = "1 event" if summary.events == 1 else f"{summary.events} events"
+    return f"{runs} pending ({events}), oldest event {_age(now, summary.oldest)} old{stalled}"
+
+
 @main.command()
 @click.option(
     "--limit",
@@ -315,27 +570,41 @@ def drain_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
     help="At most this many runs.",
 )
 def status(limit: int) -> None:
-    """Show the sink's outage if any, runs with pending events (count, oldest pending age)
-    and stalled runs."""
+    """Show the sink's state, what is pending, and the pending and stalled runs.
+
+    First the sink's state from a PING sent now (and the outage the workers recorded, if
+    any), then a summary (runs and events pending, the oldest event's age), then the runs with
+    pending events (count, oldest pending age) and the stalled runs, up to --limit.
+
+    Exits with 1 when the sink does not answer (the report is printed all the same).
+    """
+    from sqlalchemy import text
+
+    from tasks import sql
+
     current = _current()
+    sink_line, sink_failure = _sink_state(current)
     health = current.store.sink_health()
     with current.session_factory() as session:
+        summary = session.execute(text(PENDING_SUMMARY)).one()
         rows = session.execute(sql.STATUS, {"limit": min(limit, MAX_BIGINT)}).all()
+    now = dt.datetime.now(dt.UTC)
+    click.echo(sink_line)
     if health.down_since is not None:
         since = health.down_since.astimezone(dt.UTC).isoformat(timespec="seconds")
         click.echo(f"sink unavailable since {since}: {_line(health.last_error or '', 200)}")
-    if not rows:
-        click.echo("nothing pending")
-        return
-    now = dt.datetime.now(dt.UTC)
-    click.echo(f"{'run':36}  {'status':8}  {'pending':>8}  {'oldest':>9}  attempts  last error")
+    click.echo(_pending_line(summary, now))
+    if rows:
+        click.echo(f"{'run':36}  {'status':8}  {'pending':>8}  {'oldest':>9}  attempts  last error")
     for row in rows:
-        age = f"{(now - row.oldest_pending).total_seconds():.1f}s" if row.oldest_pending else "-"
+        age = _age(now, row.oldest_pending) if row.oldest_pending else "-"
         error = (row.last_error or "").splitlines()[0][:60] if row.last_error else ""
         click.echo(
             f"{row.run_id!s:36}  {row.status:8}  {row.pending:>8}  {age:>9}  "
             f"{row.attempts:>8}  {error}"
         )
+    if sink_failure is not None:
+        raise click.ClickException(sink_failure[0])
 
 
 @main.command()
@@ -347,6 +616,8 @@ def resume(run_ids: tuple[uuid.UUID, ...], all_runs: bool) -> None:
         raise click.UsageError("give RUN_IDs or --all, not both")
     if not run_ids and not all_runs:
         raise click.UsageError("give RUN_IDs or --all")
+    from tasks import api
+
     if all_runs:
         _current()  # settings first, as for every verb
         click.echo(f"resumed {len(api.resume(None))} run(s)")
@@ -392,6 +663,8 @@ def tail(run_id: uuid.UUID, from_seq: int, follow: bool, timeout: float | None) 
     """Print RUN_ID's stream entries: seq, type, payload."""
     if timeout is not None and not follow:
         raise click.UsageError("--timeout needs --follow")
+    from tasks import redis_sink
+
     current = _current()
     _statuses(current, [run_id])  # an unknown run is an error, not an empty stream
     prefix = current.settings.stream_prefix
@@ -419,6 +692,8 @@ PURGE_ROUND = 100  # batches between two progress lines of `outbox purge`
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
     if value is None:
         return None
+    from tasks import purge as retention
+
     try:
         return retention.parse_duration(value)
     except ValueError as exc:
@@ -436,8 +711,8 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--dry-run", is_flag=True, help="Count the events that would go; delete nothing.")
 @click.option(
     "--batch-size",
-    type=click.IntRange(1, retention.MAX_BATCH_SIZE),
-    default=retention.BATCH_SIZE,
+    type=click.IntRange(1, PURGE_MAX_BATCH_SIZE),
+    default=PURGE_BATCH_SIZE,
     show_default=True,
     help="Events deleted per transaction.",
 )
@@ -447,6 +722,9 @@ def purge(older_than: float | None, dry_run: bool, batch_size: int) -> None:
     Never an unpublished event, and never a run's counter or cursor: its next event still
     gets the next seq. Streams are not touched.
     """
+    from tasks import purge as retention
+    from tasks.errors import StoreUnavailable
+
     current = _current()
     store = retention.SqlPurgeStore(current.session_factory)
     cutoff = store.cutoff(current.settings.retention if older_than is None else older_than)
@@ -469,6 +747,9 @@ def purge(older_than: float | None, dry_run: bool, batch_size: int) -> None:
 
 def _stream_checks(current: Runtime) -> tuple[stream_verify.SqlLedger, RedisStreamReader]:
     """The database and stream sides that verify and replay compare."""
+    from tasks import verify as stream_verify
+    from tasks.redis_sink import RedisStreamReader
+
     reader = RedisStreamReader(current.redis, current.settings.stream_prefix)
     return stream_verify.SqlLedger(current.session_factory), reader
 
@@ -482,6 +763,8 @@ def _verify_every_run(
     ledger: stream_verify.SqlLedger, reader: RedisStreamReader
 ) -> stream_verify.Summary:
     """Verify every run, printing each wrong one at once, with a progress bar on stderr."""
+    from tasks import verify as stream_verify
+
     shown = _progress_shown()
     bar = click.progressbar(
         length=ledger.count_runs() if shown else 0,
@@ -515,6 +798,8 @@ def verify_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
         raise click.UsageError("give either a RUN_ID or --all, not both")
     if run_id is None and not all_runs:
         raise click.UsageError("give either a RUN_ID or --all")
+    from tasks import verify as stream_verify
+
     ledger, reader = _stream_checks(_current())
     if run_id is None:
         summary = _verify_every_run(ledger, reader)
@@ -532,7 +817,7 @@ def verify_command(run_id: uuid.UUID | None, all_runs: bool) -> None:
 
 
 @main.command("replay")
-@click.argument("run_id", required=False, callback=_run_id, metavar="RUN_ID")
+@click.argument("run_id", required=False, callback=_run_id)
 @click.option(
     "--from-seq",
     type=click.IntRange(min=1),
@@ -564,10 +849,13 @@ def replay_command(
         raise click.UsageError("give either a RUN_ID or --all-lost, not both")
     if run_id is None and not all_lost:  # as click says it of a required argument
         run_id_param = next(param for param in ctx.command.params if param.name == "run_id")
-        raise click.MissingParameter(ctx=ctx, param=run_id_param)
+        raise click.MissingParameter(ctx=ctx, param=run_id_param, param_hint="'RUN_ID'")
     from_given = ctx.get_parameter_source("from_seq") is not click.core.ParameterSource.DEFAULT
     if from_given and (rebuild or all_lost):
         raise click.UsageError("--from-seq goes with a plain replay of one run only")
+    from tasks import redis_sink
+    from tasks import replay as stream_replay
+
     current = _current()
     ledger, reader = _stream_checks(current)
     prefix = current.settings.stream_prefix
@@ -606,7 +894,7 @@ def _echo_replayed(result: stream_replay.ReplayResult) -> None:
 @click.option(
     "--port",
     type=click.IntRange(1, 65535),
-    default=metrics.DEFAULT_PORT,
+    default=METRICS_DEFAULT_PORT,
     show_default=True,
     help="Port to listen on.",
 )
@@ -623,6 +911,9 @@ def metrics_command(port: int, host: str) -> None:
     run this on their machine, with the same variable. The database's gauges (pending events,
     lag, stalled runs, sink outage) are read at each scrape.
     """
+    from tasks import metrics
+    from tasks.settings import metrics_dir
+
     current = _current()
     directory = metrics_dir(os.environ)
     registry = metrics.scrape_registry(metrics.SqlBacklog(current.session_factory), directory)
@@ -650,7 +941,16 @@ def metrics_command(port: int, host: str) -> None:
     "--events", type=click.IntRange(min=1), default=5, show_default=True, help="Events per run."
 )
 def demo(runs: int, events: int) -> None:
-    """Create runs, append events, drain them, and print what reached the streams."""
+    """Create runs, append events, drain them, and print what reached the streams.
+
+    With no OUTBOX_DATABASE_URL / OUTBOX_REDIS_URL set and no server on the default ports, it
+    starts the embedded ones (see `outbox services`).
+    """
+    _allow_embedded_servers()  # before the settings are read: they decide the URLs
+    from models import append_event, create_run, migrate
+    from tasks import api, redis_sink
+    from tasks.drain import Status
+
     current = _current()
     current.redis.ping()  # the sink first: nothing is written while it is down
     settings = current.settings
@@ -679,3 +979,10 @@ def demo(runs: int, events: int) -> None:
         for entry in redis_sink.read_stream(current.redis, settings.stream_prefix, run_id):
             click.echo(f"  {entry.seq}-0  {entry.type}  {entry.payload}")
     click.echo(f"\nfollow a run with: outbox tail {run_ids[0]} --follow")
+
+
+def _allow_embedded_servers() -> None:
+    """Let this process start the embedded servers it needs (models.embedded), where that
+    module is installed."""
+    if importlib.util.find_spec("models.embedded") is not None:
+        importlib.import_module("models.embedded").allow_start()

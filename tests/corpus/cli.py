@@ -249,7 +249,7 @@ CASES = [
         "replay malformed run id",
         lambda run: ["replay", "not-a-uuid"],
         2,
-        _bad_id("replay", "'not-a-uuid'"),
+        _bad_id("replay", "'not-a-uuid'", "[RUN_ID]"),
     ),
     CliCase(
         "replay --from-seq 0",

@@ -78,7 +78,9 @@ def test_emit_drain_and_tail_publish_and_show_the_events_in_order(
     }
     assert outbox("tail", run_id).output == '1\tstep\t{"n": 1}\n2\tstep\t{"n": 2}\n'
     assert outbox("tail", run_id, "--from", "2").output == '2\tstep\t{"n": 2}\n'
-    assert outbox("status").output.strip() == "nothing pending"
+    after = outbox("status").output.splitlines()
+    assert after[0].startswith("sink up: redis://")
+    assert after[1:] == ["nothing pending"]
 
 
 def test_emit_create_makes_the_run_and_drain_all_drains_every_run(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import uuid
 
 import psycopg
@@ -28,7 +29,8 @@ from tests.helpers import cli, seed, stream_seqs
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 DOWN_DATABASE = "postgresql+psycopg://someone:s3cret@127.0.0.1:1/nowhere"
 DOWN_REDIS = "redis://:s3cret@127.0.0.1:1/0"
-REDIS_ADVICE = "Check that it is running and that OUTBOX_REDIS_URL is right."
+SERVICES = "`outbox services up` starts embedded ones"
+REDIS_ADVICE = f"Start it, or point OUTBOX_REDIS_URL at one that runs ({SERVICES})."
 
 
 def _rows(Session: sessionmaker[Session]) -> tuple[int, int, int]:
@@ -70,11 +72,12 @@ def _redis_refusal(url: str) -> str:
 
 
 def _postgres_refusal(url: str) -> str:
-    """What psycopg says when nothing listens at ``url``, on one line."""
+    """What psycopg says when nothing listens at ``url``: its first line, without the
+    "connection failed: " it starts with (the hint lines after it say what ours says)."""
     try:
         psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
     except psycopg.OperationalError as exc:
-        return " ".join(str(exc).split())
+        return str(exc).splitlines()[0].removeprefix("connection failed: ")
     raise AssertionError(f"something answers at {url}")
 
 
@@ -227,16 +230,21 @@ def test_status_lists_pending_and_stalled_runs_with_their_last_error_up_to_the_l
     header = (
         "run                                   status     pending     oldest  attempts  last error"
     )
-    lines = every.stdout.splitlines()
+    sink, summary, *lines = every.stdout.splitlines()
     assert (every.exit_code, every.stderr, lines[0]) == (0, "", header)
+    assert sink.startswith("sink up: redis://")
+    assert re.fullmatch(
+        r"2 runs pending \(2 events\), oldest event \d+\.\ds old; 1 stalled", summary
+    )
     assert [line.split()[:3] for line in lines[1:]] == [
         [str(first), "active", "1"],
         [str(second), "stalled", "1"],
     ]
     assert lines[2].endswith("  0  seq 1: a long error a long error a long error a long error a")
-    assert (one.exit_code, one.stdout.splitlines()) == (0, lines[:2])
+    assert (one.exit_code, one.stdout.splitlines()[3:]) == (0, lines[1:2])  # the summary: all
+    assert one.stdout.splitlines()[1].startswith("2 runs pending (2 events)")
     huge = cli("status", "--limit", "9" * 30)  # more than any table holds: every run
-    assert [line.split()[:3] for line in huge.stdout.splitlines()[1:]] == [
+    assert [line.split()[:3] for line in huge.stdout.splitlines()[3:]] == [
         [str(first), "active", "1"],
         [str(second), "stalled", "1"],
     ]
@@ -258,12 +266,14 @@ def test_status_says_since_when_the_sink_is_unavailable_before_the_runs(
     outbox.store.sink_up()
     healthy = cli("status")
 
-    assert (nothing.exit_code, nothing.stdout) == (0, f"{first_line}\nnothing pending\n")
+    sink = f"sink up: {outbox.settings.redis_url}"  # it answers the PING of `status` itself
+    assert (nothing.exit_code, nothing.stdout) == (0, f"{sink}\n{first_line}\nnothing pending\n")
     assert pending.exit_code == 0
-    assert pending.stdout.splitlines()[0] == first_line
-    assert pending.stdout.splitlines()[1].startswith("run ")
-    assert pending.stdout.splitlines()[2].startswith(f"{run_id}  active ")
-    assert healthy.stdout.splitlines()[0].startswith("run ")
+    assert pending.stdout.splitlines()[:2] == [sink, first_line]
+    assert pending.stdout.splitlines()[2].startswith("1 run pending (1 event), oldest event ")
+    assert pending.stdout.splitlines()[3].startswith("run ")
+    assert pending.stdout.splitlines()[4].startswith(f"{run_id}  active ")
+    assert healthy.stdout.splitlines()[2].startswith("run ")
     assert "sink unavailable" not in healthy.stdout
 
 
@@ -461,10 +471,23 @@ def test_demo_refuses_counts_below_one_and_writes_nothing(
     assert _rows(Session) == (0, 0, 0)
 
 
+@pytest.fixture(autouse=True)
+def embedded_start_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`outbox demo` lets its process start the embedded servers; the test process gets its
+    own permission back after each test (as it was before)."""
+    from models import embedded
+
+    monkeypatch.setattr(embedded, "_allowed", False)
+
+
 def test_demo_creates_drains_and_shows_the_runs(
     Session: sessionmaker[Session], outbox: runtime.Runtime
 ) -> None:
+    from models import embedded
+
     result = cli("demo", "--runs", "1", "--events", "2")
+
+    assert embedded.start_allowed()  # allowed first: with no server anywhere it starts its own
 
     assert (result.exit_code, result.stderr) == (0, "")
     assert "published 2 events to 1 streams\n" in result.stdout
@@ -552,9 +575,9 @@ def test_an_unreachable_database_is_one_line_exit_1_without_the_password(
     _expect(
         result,
         1,
-        "PostgreSQL at postgresql+psycopg://someone:***@127.0.0.1:1/nowhere failed: "
-        f"{_postgres_refusal(DOWN_DATABASE)} Check that the server is running and that "
-        "OUTBOX_DATABASE_URL is right, then run `outbox db upgrade`.",
+        "PostgreSQL at postgresql+psycopg://someone:***@127.0.0.1:1/nowhere is unreachable: "
+        f"{_postgres_refusal(DOWN_DATABASE)}. Start it, or point OUTBOX_DATABASE_URL at one "
+        f"that runs ({SERVICES}).",
     )
     assert "s3cret" not in result.output
 

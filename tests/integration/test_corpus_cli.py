@@ -39,6 +39,15 @@ VERBS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def embedded_start_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`outbox demo` lets its process start the embedded servers; the test process gets its
+    own permission back after each test (as it was before)."""
+    from models import embedded
+
+    monkeypatch.setattr(embedded, "_allowed", False)
+
+
 def run_outbox(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
