@@ -63,6 +63,34 @@ class CheckedTask(Task[Any, Any]):
         return super().__call__(*args, **kwargs)
 
 
+def _celery_command() -> click.Context | None:
+    """The root context of the ``celery`` command this module is loaded under, if it is."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return None
+    root = context.find_root()
+    if getattr(root.command.callback, "__module__", None) != "celery.bin.celery":
+        return None
+    return root
+
+
+def _allow_embedded_servers_for_a_worker_or_beat() -> None:
+    """``celery -A tasks worker|beat`` may start the embedded servers (``models.embedded``).
+
+    Only where no URL is set and nothing answers on the default ports: a newcomer's worker
+    and beat then find the same PostgreSQL and Valkey as ``outbox demo``. The subcommand is
+    known by now (``-A`` is imported while it is parsed), before any setting is read.
+    """
+    root = _celery_command()
+    if root is not None and root.invoked_subcommand in ("worker", "beat"):
+        from models import embedded
+
+        embedded.allow_start()
+
+
+_allow_embedded_servers_for_a_worker_or_beat()
+
+
 def _refuse_invalid_settings_under_the_celery_command() -> None:
     """Under ``celery -A tasks ...``, check every setting now: one line and exit 1 if one is bad.
 
@@ -72,10 +100,7 @@ def _refuse_invalid_settings_under_the_celery_command() -> None:
     check here comes before all of that. Imported anywhere else, the module checks nothing:
     an application gets a ConfigError from whatever reads the bad setting, as usual.
     """
-    context = click.get_current_context(silent=True)
-    if context is None:
-        return
-    if getattr(context.find_root().command.callback, "__module__", None) != "celery.bin.celery":
+    if _celery_command() is None:
         return
     try:
         check_environment()
@@ -98,10 +123,7 @@ def _note_a_foreign_celeryconfig_under_the_celery_command() -> None:
     would otherwise be ignored without a word. Anywhere else (an application's own process,
     its tests), nothing is printed.
     """
-    context = click.get_current_context(silent=True)
-    if context is None:
-        return
-    if getattr(context.find_root().command.callback, "__module__", None) != "celery.bin.celery":
+    if _celery_command() is None:
         return
     try:
         spec = importlib.util.find_spec("celeryconfig")
