@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 from click.testing import Result
 from sqlalchemy import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -248,3 +250,37 @@ def test_a_database_failure_is_one_line_whose_advice_fits_its_cause(
     assert "?." not in message
     assert ".." not in message
     assert "s3cret" not in message
+
+
+# emit: the kick, registered when it is first needed
+
+
+def test_emit_in_a_fresh_process_kicks_the_run_when_the_environment_asks_for_kicks(
+    Session: sessionmaker[Session], outbox: runtime.Runtime, redis_client: redis.Redis
+) -> None:
+    settings = outbox.settings
+    [run_id] = seed(Session, events=0)
+    queue = f"{settings.stream_prefix}cli-kicks"
+    env = os.environ | {
+        "OUTBOX_DATABASE_URL": settings.database_url.render_as_string(hide_password=False),
+        "OUTBOX_REDIS_URL": settings.redis_url,
+        "CELERY_BROKER_URL": settings.redis_url,
+        "OUTBOX_STREAM_PREFIX": settings.stream_prefix,
+        "OUTBOX_QUEUED_PREFIX": settings.queued_prefix,
+        "OUTBOX_QUEUE": queue,
+        "OUTBOX_KICK_ON_COMMIT": "1",
+    }
+    try:
+        done = subprocess.run(
+            [SCRIPT, "emit", str(run_id), "t"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (done.returncode, done.stdout, done.stderr) == (0, f"{run_id} seq 1\n", "")
+        tasks = [json.loads(raw)["headers"]["task"] for raw in redis_client.lrange(queue, 0, -1)]
+        assert tasks == ["outbox.drain_kicked"]
+    finally:
+        redis_client.delete(queue)
