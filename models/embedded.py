@@ -55,6 +55,7 @@ import re
 import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -336,6 +337,33 @@ def _pg_bin() -> Path:
     return path
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """Whether a user other than the owner can reach ``path`` (every folder above it o+x)."""
+    return all(os.stat(folder).st_mode & stat.S_IXOTH for folder in [path, *path.parents])
+
+
+def _binaries_the_run_user_reaches(bin_dir: Path) -> Path:
+    """``bin_dir``, or a copy of its installation under ROOT_DATA_PARENT that the run user
+    can reach: as root, a venv inside a private folder (a 0700 HOME, ``mktemp -d``) hides
+    the binaries from the user PostgreSQL runs as, and its folders are not ours to open up.
+    Copied once per installation (called under the state folder's lock)."""
+    if _reachable_by_others(bin_dir):
+        return bin_dir
+    install = bin_dir.parent
+    key = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:16]
+    copy = ROOT_DATA_PARENT / f"pginstall-{key}"
+    if not (copy / "bin" / "postgres").exists():
+        import shutil
+
+        side = ROOT_DATA_PARENT / f".pginstall-{key}-{os.getpid()}"
+        shutil.rmtree(side, ignore_errors=True)
+        shutil.copytree(install, side, symlinks=True)
+        side.chmod(0o755)
+        shutil.rmtree(copy, ignore_errors=True)
+        side.rename(copy)
+    return copy / bin_dir.name
+
+
 def _pg_running(paths: _PgPaths) -> tuple[int, str] | None:
     """The running postmaster's pid and socket folder, from postmaster.pid, or None.
 
@@ -474,6 +502,7 @@ def _start_postgres(state: Path) -> str:
         if not ROOT_DATA_PARENT.exists():
             ROOT_DATA_PARENT.mkdir(mode=0o711, parents=True)
         ROOT_DATA_PARENT.chmod(0o711)  # traversable by the run user, listable by root only
+        bin_dir = _binaries_the_run_user_reaches(bin_dir)
     _own(paths.home, paths.user, 0o700)
     if not (paths.data / "PG_VERSION").exists():
         # initdb into a side folder, renamed when complete: a starter killed mid-initdb leaves
