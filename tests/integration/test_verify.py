@@ -136,7 +136,8 @@ def test_a_redis_without_persistence_loses_every_stream_on_restart_and_replay_re
         server.stop()
         server.start()  # --save "" --appendonly no: it comes back empty
 
-        assert cli("status").stdout.splitlines()[1:] == ["nothing pending"]  # the database saw nothing wrong
+        # The database saw nothing wrong.
+        assert cli("status").stdout.splitlines()[1:] == ["nothing pending"]
         checked = cli("verify", "--all")
         assert (checked.exit_code, checked.stderr) == (
             1,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from celery.app.backends import BACKEND_ALIASES
@@ -31,8 +32,9 @@ from tasks.testing.processes import PROJECT_ROOT
 from tests.corpus import environment
 
 
-def test_settings_default_to_the_local_servers() -> None:
-    settings = Settings.from_env({})
+def test_settings_default_to_the_local_servers(tmp_path: Path) -> None:
+    # An empty state folder: no embedded server is running there to be preferred.
+    settings = Settings.from_env({"OUTBOX_SERVICES_DIR": str(tmp_path)})
     assert settings.database_url.render_as_string() == (
         "postgresql+psycopg://postgres@127.0.0.1:5432/outbox"
     )
@@ -221,10 +223,11 @@ def test_the_visibility_timeout_is_checked_only_for_brokers_that_redeliver_by_it
         assert limits.time_limit == 900
 
 
-def test_the_broker_defaults_to_the_sinks_redis() -> None:
+def test_the_broker_defaults_to_the_sinks_redis(tmp_path: Path) -> None:
     sink = "redis://:s3cret@cache.example:6379/3"
     assert CelerySettings.from_env({"OUTBOX_REDIS_URL": sink}).broker_url == sink
-    assert CelerySettings.from_env({}).broker_url == "redis://127.0.0.1:6379/0"
+    nothing_embedded = {"OUTBOX_SERVICES_DIR": str(tmp_path)}
+    assert CelerySettings.from_env(nothing_embedded).broker_url == "redis://127.0.0.1:6379/0"
 
 
 def test_the_accepted_schemes_are_the_transports_and_backends_celery_knows() -> None:
