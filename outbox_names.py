@@ -22,6 +22,7 @@ import sys
 import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent  # where this project's packages are installed
 PACKAGES = ("tasks", "models")
@@ -96,22 +97,25 @@ def refuse(name: str) -> None:
     complaint = problem((name,))
     if complaint is None:
         return
-    if _under_the_celery_command():
+    if celery_command() is not None:
         print(f"Error: {complaint}", file=sys.stderr)
         raise SystemExit(1)
     _print_uncaught_as_one_line()
     raise ShadowedPackage(complaint, name=name, path=str(found_location(name)))
 
 
-def _under_the_celery_command() -> bool:
+def celery_command() -> Any:
+    """The root click context of the ``celery`` command this process runs under, or None."""
     click = sys.modules.get("click")  # imported already under the command; never imported here
     if click is None:
-        return False
+        return None
     context = click.get_current_context(silent=True)
     if context is None:
-        return False
-    callback = context.find_root().command.callback
-    return getattr(callback, "__module__", None) == "celery.bin.celery"
+        return None
+    root = context.find_root()
+    return (
+        root if getattr(root.command.callback, "__module__", None) == "celery.bin.celery" else None
+    )
 
 
 def _print_uncaught_as_one_line() -> None:

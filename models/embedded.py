@@ -264,7 +264,8 @@ def _stop_pid(pid: int, signals: tuple[signal.Signals, ...]) -> None:
         raise ConfigError(f"embedded server pid {pid} did not stop")
 
 
-def _answers(port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+def answers(port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether a server accepts connections on 127.0.0.1:``port``."""
     with (
         contextlib.suppress(OSError),
         socket.create_connection(("127.0.0.1", port), timeout=timeout),
@@ -691,7 +692,7 @@ def _start_valkey(state: Path) -> int:
     recorded = _valkey_port(home)
     # Keep the port of its first start, so the URL a process was given stays right, unless
     # something else took it meanwhile.
-    port = recorded if recorded is not None and not _answers(recorded) else _free_port()
+    port = recorded if recorded is not None and not answers(recorded) else _free_port()
     config = home / "valkey.conf"
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
@@ -710,7 +711,7 @@ def _start_valkey(state: Path) -> int:
             f"embedded Valkey did not start (its log: {home / 'valkey.log'}): "
             + " ".join(result.stderr.decode(errors="replace").split())[:300]
         )
-    _wait(lambda: _valkey_running(home) is not None and _answers(port), "embedded Valkey")
+    _wait(lambda: _valkey_running(home) is not None and answers(port), "embedded Valkey")
     return port
 
 
@@ -847,7 +848,7 @@ def _decide(service: str, env: Mapping[str, str]) -> str:
     else:
         default, port = DEFAULT_REDIS_URL, DEFAULT_REDIS_PORT
     url = default
-    if not _answers(port):
+    if not answers(port):
         if service == POSTGRES:
             running = _pg_running(_pg_paths(state))
             if running is not None:

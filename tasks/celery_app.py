@@ -23,6 +23,7 @@ from typing import Any
 import click
 from celery import Celery, Task, signals
 
+import outbox_names
 from models import errors
 from models.db import identify_as
 from tasks import logs, metrics, shutdown
@@ -63,17 +64,6 @@ class CheckedTask(Task[Any, Any]):
         return super().__call__(*args, **kwargs)
 
 
-def _celery_command() -> click.Context | None:
-    """The root context of the ``celery`` command this module is loaded under, if it is."""
-    context = click.get_current_context(silent=True)
-    if context is None:
-        return None
-    root = context.find_root()
-    if getattr(root.command.callback, "__module__", None) != "celery.bin.celery":
-        return None
-    return root
-
-
 def _allow_embedded_servers_for_a_worker_or_beat() -> None:
     """``celery -A tasks worker|beat`` may start the embedded servers (``models.embedded``).
 
@@ -81,7 +71,7 @@ def _allow_embedded_servers_for_a_worker_or_beat() -> None:
     and beat then find the same PostgreSQL and Valkey as ``outbox demo``. The subcommand is
     known by now (``-A`` is imported while it is parsed), before any setting is read.
     """
-    root = _celery_command()
+    root = outbox_names.celery_command()
     if root is not None and root.invoked_subcommand in ("worker", "beat"):
         from models import embedded
 
@@ -100,7 +90,7 @@ def _refuse_invalid_settings_under_the_celery_command() -> None:
     check here comes before all of that. Imported anywhere else, the module checks nothing:
     an application gets a ConfigError from whatever reads the bad setting, as usual.
     """
-    if _celery_command() is None:
+    if outbox_names.celery_command() is None:
         return
     try:
         check_environment()
@@ -123,7 +113,7 @@ def _note_a_foreign_celeryconfig_under_the_celery_command() -> None:
     would otherwise be ignored without a word. Anywhere else (an application's own process,
     its tests), nothing is printed.
     """
-    if _celery_command() is None:
+    if outbox_names.celery_command() is None:
         return
     try:
         spec = importlib.util.find_spec("celeryconfig")

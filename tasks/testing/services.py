@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -69,12 +68,6 @@ def _unavailable(service: str, source: str, why: object) -> ServicesUnavailable:
     )
 
 
-def _answers(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
-        return True
-    return False
-
-
 def _embedded(stack: contextlib.ExitStack, service: str) -> tuple[str, str, str]:
     """Start an embedded ``service`` in a private temporary state folder, stopped and deleted
     when ``stack`` closes; return (its URL, "embedded", "") or ("", "", why it could not)."""
@@ -99,7 +92,7 @@ def database_server() -> Iterator[URL]:
         reasons = ""  # why the embedded server could not be had, for the message
         if configured:
             url, source = configured, DATABASE_ENV
-        elif _answers("127.0.0.1", 5432):
+        elif embedded.answers(5432):
             url, source = DEFAULT_DATABASE, "127.0.0.1:5432"
         else:
             url, source, reasons = _embedded(stack, embedded.POSTGRES)
@@ -132,7 +125,7 @@ def redis_server() -> Iterator[str]:
         reasons = ""  # why the embedded server could not be had, for the message
         if configured:
             url, source = configured, REDIS_ENV
-        elif _answers("127.0.0.1", 6379):
+        elif embedded.answers(6379):
             url, source = DEFAULT_REDIS, "127.0.0.1:6379"
         else:
             url, source, reasons = _embedded(stack, embedded.VALKEY)

@@ -305,7 +305,7 @@ def test_default_urls_fall_back_to_embedded_only_when_nothing_answers(state: Pat
     }
     # Outside the namespace the local servers answer on the default ports, and win, even
     # though the embedded ones run in this state folder.
-    if embedded._answers(5432) and embedded._answers(6379):
+    if embedded.answers(5432) and embedded.answers(6379):
         local = _python(
             """
             from models import embedded
