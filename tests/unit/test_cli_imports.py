@@ -17,6 +17,7 @@ from tasks import cli
 
 HEAVY = ("sqlalchemy", "alembic", "redis", "celery", "kombu", "psycopg", "prometheus_client")
 HEAVY_OWN = ("models", "tasks.api", "tasks.runtime", "tasks.verify", "tasks.replay")
+LIGHT_MODELS = {"models", "models.embedded", "models.errors"}  # no third-party import
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -65,3 +66,11 @@ def test_the_help_of_a_lazily_loaded_verb_is_the_verbs_own() -> None:
         command = cli.main.get_command(click.Context(cli.main), name)
         assert command is not None, name
         assert (command.help or "").split("\n\n")[0].strip() == short_help, name
+
+
+def test_outbox_services_loads_no_database_redis_or_celery_module() -> None:
+    # `outbox services status` runs before anything else on a newcomer's machine; the
+    # models package gives its names on first use, so models.embedded comes alone.
+    loaded = _loaded_after("import tasks.services_cli")
+    assert "models.embedded" in loaded
+    assert [name for name in _heavy(loaded) if name not in LIGHT_MODELS] == []

@@ -42,3 +42,13 @@ def test_the_celery_app_is_still_found_where_celery_and_applications_look() -> N
     )
     assert done.returncode == 0, done.stderr
     assert "loader   -> celery.loaders.app.AppLoader" in done.stdout
+
+
+def test_the_models_base_of_a_fresh_process_knows_every_table() -> None:
+    # migrations/env.py compares against `from models import Base`; names load lazily, so
+    # Base must come with the module that declares the tables.
+    code = "from models import Base\nprint(sorted(Base.metadata.tables))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "['run_events', 'run_outbox', 'runs', 'sink_health']"
