@@ -1,7 +1,7 @@
 """The ``outbox`` command: schema, producing, draining, inspecting, and a demo.
 
-Every command talks to the servers named by the environment (see the README's configuration
-table). Exit status: 0 on success, 1 when an operation failed (a drain that could not publish
+Every command talks to the servers named by the environment (see docs/configuration.md).
+Exit status: 0 on success, 1 when an operation failed (a drain that could not publish
 or parked a run included), 2 on bad input. A failure is one line on stderr that says what to
 do, never a traceback: ``OutboxGroup`` turns every exception into that line in one place,
 ``_failure``.

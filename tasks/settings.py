@@ -54,7 +54,7 @@ RESULT_SCHEMES = frozenset(
 VISIBILITY_SCHEMES = frozenset({"sqs", "SQS"})
 
 # The upper bound of each numeric setting (the lower bound is 1, or above 0 for seconds);
-# the README's configuration table shows the same figures.
+# the configuration page (docs/configuration.md), generated from SETTINGS, shows them.
 MAX_BATCH_SIZE = 100_000
 MAX_BATCH_MAX_BYTES = 256 * 1024 * 1024
 MAX_MAX_BATCHES = 10_000
@@ -225,7 +225,7 @@ SECONDS_SETTINGS: dict[str, tuple[str, float]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Everything the drain, the tasks and the CLI need to know; see the README's table."""
+    """Everything the drain, the tasks and the CLI need to know; see docs/configuration.md."""
 
     database_url: URL
     redis_url: str = DEFAULT_REDIS_URL

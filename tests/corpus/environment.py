@@ -2,7 +2,7 @@
 
 The line is what follows ``Error: `` on stderr, from the worker, beat and every `outbox`
 command alike, and the message of the ConfigError that ``check_environment`` raises. The
-bounds below are the contract (the README's table says the same); the code must match them.
+bounds below are the contract (docs/configuration.md says the same); the code must match them.
 Cases marked ``processes`` also run against real `celery worker` and `celery beat` processes:
 at least one per variable, and every value that the reliability issue reported.
 """

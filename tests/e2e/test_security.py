@@ -1,5 +1,5 @@
 """Security end to end: the workers refuse pickle, credentials never show, and the publisher
-runs under the least-privileged PostgreSQL roles that the README's snippet creates."""
+runs under the least-privileged PostgreSQL roles that the snippet of docs/security.md creates."""
 
 from __future__ import annotations
 
@@ -172,13 +172,12 @@ def test_no_credential_appears_in_logs_task_results_the_report_or_cli_output(
 # Least privilege
 
 
-def readme_grants(database: str, worker: str, producer: str) -> list[str]:
-    """The README's GRANT statements, for this database and these roles."""
-    readme = (processes.PROJECT_ROOT / "README.md").read_text()
-    section = readme.split("\n## Security\n", 1)[1]
-    snippet = section.split("```sql\n", 1)[1].split("```", 1)[0]
+def documented_grants(database: str, worker: str, producer: str) -> list[str]:
+    """The security page's GRANT statements, for this database and these roles."""
+    page = (processes.PROJECT_ROOT / "docs" / "security.md").read_text()
+    snippet = page.split("```sql\n", 1)[1].split("```", 1)[0]
     grants = [line for line in snippet.splitlines() if line.startswith("GRANT ")]
-    assert grants, "the README's Security section has no GRANT statements"
+    assert grants, "docs/security.md has no GRANT statements"
     names = {"outbox_worker": worker, "outbox_producer": producer, "DATABASE outbox": "DATABASE"}
     statements = []
     for grant in grants:
@@ -190,7 +189,7 @@ def readme_grants(database: str, worker: str, producer: str) -> list[str]:
 
 @pytest.fixture
 def restricted_roles(db_url: URL) -> Iterator[tuple[URL, URL]]:
-    """A worker role and a producer role with the README's privileges on this test's
+    """A worker role and a producer role with the security page's privileges on this test's
     database (and nothing else); both dropped afterwards, with what was granted to them."""
     suffix = uuid.uuid4().hex[:12]
     worker, producer = f"outbox_test_worker_{suffix}", f"outbox_test_producer_{suffix}"
@@ -198,7 +197,7 @@ def restricted_roles(db_url: URL) -> Iterator[tuple[URL, URL]]:
         for role in (worker, producer):
             conn.execute(pgsql.SQL("CREATE ROLE {} LOGIN").format(pgsql.Identifier(role)))
         try:
-            for statement in readme_grants(str(db_url.database), worker, producer):
+            for statement in documented_grants(str(db_url.database), worker, producer):
                 conn.execute(statement.encode())
             yield db_url.set(username=worker), db_url.set(username=producer)
         finally:
@@ -220,7 +219,7 @@ def _refused(engine: Engine, statement: str, run_id: uuid.UUID) -> bool:
     return False
 
 
-def test_workers_and_producers_run_under_the_least_privileged_roles_of_the_readme(
+def test_workers_and_producers_run_under_the_least_privileged_roles_of_the_security_page(
     restricted_roles: tuple[URL, URL],
     Session: sessionmaker[Session],
     settings: Settings,

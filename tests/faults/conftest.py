@@ -100,7 +100,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture
 def worker_role(db_url: URL) -> Iterator[WorkerRole]:
-    """A PostgreSQL role of this scenario's own with the worker's privileges of the README's
+    """A PostgreSQL role of this scenario's own with the worker's privileges of docs/security.md's
     least-privilege snippet, on this scenario's database only; dropped afterwards."""
     suffix = uuid.uuid4().hex[:12]
     name, producer = f"outbox_test_worker_{suffix}", f"outbox_test_unused_{suffix}"

@@ -112,7 +112,7 @@ $ {COMMAND}
 
 Each scenario starts its own servers and processes and always stops them: a database of its
 own (copied from the migrated template) with a PostgreSQL role of its own holding only the
-worker's privileges of the README's [least-privilege snippet](../README.md#security), a
+worker's privileges of the [least-privilege snippet](security.md), a
 private `redis-server` as the sink on a free port, its own broker queue, real `celery worker`
 (prefork) and `celery beat` (dispatching every 0.5 s) subprocesses under that role, with the
 other settings at their defaults, and a producer process appending

@@ -1,7 +1,7 @@
 """The `outbox` command against the bad-input corpus: bad arguments (tests/corpus/cli.py) and
 invalid settings (tests/corpus/environment.py), for every verb.
 
-Each ends with the exit status the README promises (2 for bad input, 1 for a failed
+Each ends with the exit status docs/cli.md promises (2 for bad input, 1 for a failed
 operation, which an invalid setting is), one line on stderr, no traceback, and nothing
 written.
 """

@@ -1,4 +1,4 @@
-"""The shipped deployment examples (compose.yaml, deploy/) say what the README says they do.
+"""The shipped deployment examples (compose.yaml, deploy/) say what the docs say they do.
 
 No Docker engine or systemd runs here, so these read the files: every long-running service
 is supervised and health-checked, the sink keeps its data, host ports can be moved, and the
