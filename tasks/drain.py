@@ -126,16 +126,15 @@ def drain_batch(
 ) -> dict[uuid.UUID, _Outcome]:
     """Publish the next batch of each run in ``run_ids``, all in one transaction.
 
-    Raises
-    ------
-    SinkUnavailable
-        Nothing was committed; the error is noted on the runs (not counted against them).
+    When the sink is unavailable, nothing is committed: the runs the batch would have
+    published end ``more`` with the ``outage`` fault (noted on them, not counted against
+    them), while the others keep what the lock found (``locked``, ``missing``, ``stalled``).
     """
     active: list[uuid.UUID] = []
+    outcomes: dict[uuid.UUID, _Outcome] = {}
     try:
         with store.batch() as batch:
             locked = batch.lock(run_ids)
-            outcomes: dict[uuid.UUID, _Outcome] = {}
             for run_id in run_ids:
                 cursor = locked.held.get(run_id)
                 if cursor is None:
@@ -148,14 +147,16 @@ def drain_batch(
                     active.append(run_id)
             if active:
                 _publish(batch, sink, locked, {r: outcomes[r] for r in active}, limits)
-        moved = [o for o in outcomes.values() if o.published or o.present]
-        if moved:  # committed
-            events = sum(o.published + o.present for o in moved)
-            logger.debug("published %d events of %d runs", events, len(moved))
-        return outcomes
     except SinkUnavailable as exc:
         _note_outage(store, active, str(exc))
-        raise
+        for run_id in active:
+            outcomes[run_id] = _Outcome(Status.MORE, error=str(exc), fault=Fault.OUTAGE)
+        return outcomes
+    moved = [o for o in outcomes.values() if o.published or o.present]
+    if moved:  # committed
+        events = sum(o.published + o.present for o in moved)
+        logger.debug("published %d events of %d runs", events, len(moved))
+    return outcomes
 
 
 def _publish(
@@ -249,13 +250,7 @@ def drain_runs(
     for _ in range(limits.max_batches):
         if not todo or should_stop():
             break
-        try:
-            outcomes = drain_batch(store, sink, todo, limits)
-        except SinkUnavailable as exc:
-            for run_id in todo:
-                progress[run_id].ended = (Status.MORE, str(exc), Fault.OUTAGE)
-            todo = []
-            break
+        outcomes = drain_batch(store, sink, todo, limits)
         todo, short = [], {}
         for run_id, outcome in outcomes.items():
             runs = progress[run_id]

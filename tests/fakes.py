@@ -147,9 +147,8 @@ class InMemoryStore:
 
     def resume(self, run_ids: Sequence[uuid.UUID] | None) -> list[uuid.UUID]:
         self._check()
-        chosen = [r for r in self.runs if (run_ids is None and self.runs[r].status == "stalled")]
-        if run_ids is not None:
-            chosen = [r for r in run_ids if r in self.runs]
+        asked = self.runs if run_ids is None else [r for r in run_ids if r in self.runs]
+        chosen = [r for r in asked if self.runs[r].status == "stalled"]  # as RESUME's WHERE
         for run_id in chosen:
             run = self.runs[run_id]
             run.status, run.attempts, run.last_error, run.retry_at = "active", 0, None, None

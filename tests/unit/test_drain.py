@@ -182,6 +182,27 @@ def test_locked_missing_and_stalled_runs_are_reported_and_left_alone() -> None:
     assert sink.streams == {}
 
 
+def test_an_outage_in_a_group_leaves_the_locked_missing_and_stalled_runs_reported_as_such() -> None:
+    # Found by the state machine: the outage of one run's publish used to be reported for
+    # every run of the group, a run that does not exist included.
+    store, sink = InMemoryStore(), InMemorySink()
+    pending, held, parked = store.seed(runs=3, events=1)
+    store.busy.add(held)
+    store.runs[parked].status = "stalled"
+    ghost = uuid.uuid4()
+    sink.unavailable = "Redis unavailable: ConnectionError"
+
+    results = drain.drain_runs(store, sink, [pending, held, parked, ghost], LIMITS)
+
+    assert [(r.status, r.fault) for r in results] == [
+        (Status.MORE, Fault.OUTAGE),
+        (Status.LOCKED, None),
+        (Status.STALLED, None),
+        (Status.MISSING, None),
+    ]
+    assert [store.runs[r].last_error for r in (held, parked)] == [None, None]
+
+
 class CommitsWhilePublishing(InMemorySink):
     """A producer commits to the run while its drain holds it (its kick found it locked)."""
 
