@@ -155,8 +155,11 @@ class Model:
             assert not (self.outage and run.pending() and result.status is Status.DRAINED)
             if result.status is Status.DRAINED:
                 assert not run.pending(), f"{run_id} drained with seq {run.cursor} pending"
-            else:
+            else:  # a batch limit was hit: so the drain moved the run
                 assert result.status is Status.MORE, result
+                assert result.published + result.already_present > 0, result
+            if run.pending() and not self.outage:
+                assert not run.refusing, f"{run_id}: the sink's refusal went unreported"
         if self.outage and result.status is not Status.DRAINED:
             assert result.fault is Fault.OUTAGE, result
             assert result.published == result.already_present == 0, result
