@@ -35,6 +35,7 @@ def _settings(examples: int) -> settings:
     )
 
 
+@pytest.mark.timeout(900)  # shrinking a failure replays many examples
 def test_every_committed_event_is_published_exactly_once_in_memory() -> None:
     class InMemory(ExactlyOnce):
         def make_world(self) -> World:
@@ -44,6 +45,7 @@ def test_every_committed_event_is_published_exactly_once_in_memory() -> None:
 
 
 @pytest.mark.services
+@pytest.mark.timeout(900)  # shrinking a failure replays many examples, each on the servers
 def test_every_committed_event_is_published_exactly_once_on_postgresql_and_redis(
     Session: sessionmaker[Session], redis_client: redis.Redis, key_space: str
 ) -> None:
