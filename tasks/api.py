@@ -15,9 +15,10 @@ from models.ids import parse_run_id
 from tasks import drain, runtime
 from tasks.drain import DrainResult, Fault, PassResult, Status
 from tasks.errors import PublishError, SinkUnavailable
+from tasks.pg import SessionFactory
 from tasks.settings import Settings
 from tasks.sink import Sink
-from tasks.store import SessionFactory, SqlStore
+from tasks.store import SqlStore
 
 
 def _collaborators(

@@ -44,7 +44,7 @@ from tasks import sql
 from tasks.drain import DrainResult, Status
 from tasks.errors import StoreUnavailable
 from tasks.outages import OutageLog
-from tasks.store import SessionFactory
+from tasks.pg import SessionFactory
 
 logger = logging.getLogger(__name__)
 

@@ -17,16 +17,15 @@ import dataclasses
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
-from sqlalchemy import exc as sa_exc
 
 from models.errors import ConfigError, preview
-from tasks import sql
+from tasks import pg, sql
 from tasks.errors import StoreUnavailable
-from tasks.store import SessionFactory
+from tasks.pg import SessionFactory
 
 logger = logging.getLogger(__name__)
 
@@ -117,14 +116,9 @@ class SqlPurgeStore:
     def __init__(self, session_factory: SessionFactory) -> None:
         self.session_factory = session_factory
 
-    @contextlib.contextmanager
-    def _autocommit(self) -> Iterator[Connection]:
+    def _autocommit(self) -> contextlib.AbstractContextManager[Connection]:
         # One statement, one transaction: its row locks end with the statement.
-        try:
-            with self.session_factory() as session:
-                yield session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-            raise StoreUnavailable(f"PostgreSQL unavailable: {str(exc.orig).strip()}") from exc
+        return pg.autocommit(self.session_factory)
 
     def cutoff(self, older_than: float) -> dt.datetime:
         with self._autocommit() as connection:

@@ -12,18 +12,15 @@ import contextlib
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from tasks import sql
-from tasks.errors import StoreUnavailable
+from tasks import pg, sql
+from tasks.pg import SessionFactory
 from tasks.sink import Entry
-
-SessionFactory = Callable[[], Session]
 
 
 class Row(Entry, Protocol):
@@ -111,14 +108,6 @@ class Store(Protocol):
 MAX_ERROR_CHARS = 2000  # what a run's last_error keeps of a message
 
 
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-        raise StoreUnavailable(f"PostgreSQL unavailable: {str(exc.orig).strip()}") from exc
-
-
 class SqlBatch:
     """One drain transaction over a SQLAlchemy session."""
 
@@ -194,19 +183,14 @@ class SqlStore:
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[SqlBatch]:
-        with _translated(), self.session_factory() as session, session.begin():
+        with pg.transaction(self.session_factory) as session:
             yield SqlBatch(session)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        with _translated(), self.session_factory() as session, session.begin():
-            yield session
+    def _transaction(self) -> contextlib.AbstractContextManager[Session]:
+        return pg.transaction(self.session_factory)
 
-    @contextlib.contextmanager
-    def _autocommit(self) -> Iterator[Connection]:
-        # A lone statement needs no transaction: autocommit spares the BEGIN and ROLLBACK.
-        with _translated(), self.session_factory() as session:
-            yield session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    def _autocommit(self) -> contextlib.AbstractContextManager[Connection]:
+        return pg.autocommit(self.session_factory)
 
     def record_outage(self, run_ids: Sequence[uuid.UUID], error: str) -> None:
         if run_ids:

@@ -38,13 +38,14 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from models.errors import OutboxError, UnknownRun
-from tasks import sql
-from tasks.errors import StoreUnavailable
-from tasks.store import MAX_ERROR_CHARS, SessionFactory
+from tasks import pg, sql
+from tasks.pg import SessionFactory
+from tasks.store import MAX_ERROR_CHARS
 
 PAGE_SIZE = 1000  # entries read per page, from the database and from the stream
 RUN_PAGE_SIZE = 1000  # runs listed per page by `verify --all`
@@ -548,9 +549,9 @@ def _translated(run_id: uuid.UUID | None = None, lock_timeout: float = 0) -> Ite
                 f"run {run_id} stayed locked for {lock_timeout:g}s (a replay of it may be "
                 "running); try again later"
             ) from exc
-        raise StoreUnavailable(f"PostgreSQL unavailable: {str(exc.orig).strip()}") from exc
+        raise pg.unavailable(exc) from exc
     except sa_exc.InterfaceError as exc:
-        raise StoreUnavailable(f"PostgreSQL unavailable: {str(exc.orig).strip()}") from exc
+        raise pg.unavailable(exc) from exc
 
 
 class SqlHeldRun:
@@ -612,8 +613,5 @@ class SqlLedger:
         with self._autocommit() as session:
             return int(session.execute(sql.VERIFY_COUNT_RUNS).scalar_one())
 
-    @contextlib.contextmanager
-    def _autocommit(self) -> Iterator[Session]:
-        with _translated(), self.session_factory() as session:
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            yield session
+    def _autocommit(self) -> contextlib.AbstractContextManager[Connection]:
+        return pg.autocommit(self.session_factory)

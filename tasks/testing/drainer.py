@@ -16,9 +16,9 @@ from typing import Generic, TypeVar
 from models.ids import parse_run_id
 from tasks import api
 from tasks.drain import DrainResult, PassResult, Status
+from tasks.pg import SessionFactory
 from tasks.settings import Settings
 from tasks.sink import StreamEntry
-from tasks.store import SessionFactory
 from tasks.testing.guard import ForeignDrainer, Guard
 from tasks.testing.sinks import RecordingSink, Streams, events
 

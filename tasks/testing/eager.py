@@ -17,10 +17,10 @@ from collections.abc import Iterator, Sequence
 
 from models import kicks
 from tasks import runtime
+from tasks.pg import SessionFactory
 from tasks.redis_sink import Client
 from tasks.settings import Settings
 from tasks.sink import Sink
-from tasks.store import SessionFactory
 
 EAGER_SETTINGS = {"task_always_eager": True, "task_eager_propagates": True}
 
