@@ -25,8 +25,15 @@ from redis.retry import Retry
 
 from tasks import scripts
 from tasks.errors import SinkUnavailable, missing_database
-from tasks.sink import Entry, PublishOutcome, StreamEntry, conflict_message
-from tasks.verify import StreamInfo, StreamItem, StreamUnreadable
+from tasks.sink import (
+    Entry,
+    PublishOutcome,
+    StreamEntry,
+    StreamInfo,
+    StreamItem,
+    StreamUnreadable,
+    conflict_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -362,7 +369,7 @@ def _field(fields: Any, name: str) -> str | None:
 
 class RedisStreamReader:
     """Reads runs' streams back for `outbox verify` and `outbox replay`
-    (``tasks.verify.StreamReader``)."""
+    (``tasks.sink.StreamReader``)."""
 
     def __init__(self, client: Client, prefix: str) -> None:
         self.client = client

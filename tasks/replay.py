@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from models.errors import preview
-from tasks.sink import Sink
+from tasks.sink import Sink, StreamReader
 from tasks.verify import (
     MAX_BYTES,
     MAX_SUB,
@@ -46,7 +46,6 @@ from tasks.verify import (
     Ledger,
     RunReport,
     SeqRanges,
-    StreamReader,
     compare,
     difference,
     published_pages,

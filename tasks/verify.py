@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 from models.errors import OutboxError, UnknownRun
 from tasks import pg, sql
 from tasks.pg import SessionFactory
+from tasks.sink import StreamItem, StreamReader, StreamUnreadable
 from tasks.store import MAX_ERROR_CHARS
 
 PAGE_SIZE = 1000  # entries read per page, from the database and from the stream
@@ -61,10 +62,6 @@ class RunBusy(OutboxError):
     """The run's cursor row stayed locked (a long replay holds it); try again later."""
 
 
-class StreamUnreadable(OutboxError):
-    """The run's stream key cannot be read as a stream (it holds another type)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Event:
     """A run's event as the database holds it (also a ``tasks.sink.Entry``)."""
@@ -74,63 +71,6 @@ class Event:
     seq: int
     type: str
     payload: str  # CAST(payload AS text): what the drain publishes
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamItem:
-    """An entry of a run's stream as verify reads it: the two parts of its id, its fields."""
-
-    seq: int  # the id's first part: the event's seq, for the ids the publisher writes
-    sub: int  # the id's second part: 0 in every id the publisher writes
-    type: str | None  # None when the entry has no such field
-    payload: str | None
-    event: str | None  # the event id as text; None in entries written before it existed
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamInfo:
-    """What a stream says of itself (Redis: ``XINFO STREAM``); all zero for no stream."""
-
-    length: int = 0
-    last_seq: int = 0  # the first part of the stream's last id: Redis adds only above it
-    entries_added: int | None = 0  # entries ever added; None if the server does not say
-    first_seq: int | None = None  # the first entry's seq; None when the stream is empty
-
-    @property
-    def trimmed_below(self) -> int:
-        """Seqs below this were in the stream and were removed from its front (1: none).
-
-        The publisher adds each seq once, as ``<seq>-0``, so a stream written from seq 1 has
-        added exactly as many entries as its last seq. When it has, every absent seq up to
-        the last one was added and later removed: those below the first entry by XTRIM (or
-        XDEL of the oldest entries). A stream that was lost and started again (a Redis
-        restart without persistence, a deleted key) has added fewer: its front was never
-        there, and is reported missing.
-        """
-        if self.last_seq == 0 or self.entries_added is None:
-            return 1
-        if self.entries_added < self.last_seq:
-            return 1
-        return self.first_seq if self.first_seq is not None else self.last_seq + 1
-
-
-class StreamReader(Protocol):
-    """Reads a run's stream back."""
-
-    def info(self, run_id: uuid.UUID) -> StreamInfo:
-        """What the run's stream says of itself (``StreamInfo()`` when there is none).
-
-        Raises StreamUnreadable when the key holds something else, SinkUnavailable when the
-        sink cannot be reached.
-        """
-        ...
-
-    def read(
-        self, run_id: uuid.UUID, after: tuple[int, int] | None, last: int | None, count: int
-    ) -> list[StreamItem]:
-        """Up to ``count`` entries in id order: above the id ``after`` (from the first when
-        None) and with seq at most ``last`` (to the end when None)."""
-        ...
 
 
 class HeldRun(Protocol):

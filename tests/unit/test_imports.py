@@ -27,6 +27,20 @@ def test_the_drain_core_and_the_plain_layers_load_neither_celery_nor_redis(
     assert loaded_after(statement) & {"celery", "kombu", "redis"} == set()
 
 
+def test_the_sinks_load_no_feature_module() -> None:
+    # The stream types verify and replay read with live beside the Sink protocol, so a sink
+    # depends on the protocol only, never on the features built over it.
+    program = (
+        "import sys, json, tasks.redis_sink\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('tasks.'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+    )
+    features = {"tasks.verify", "tasks.replay", "tasks.purge", "tasks.jobs", "tasks.cli"}
+    assert set(json.loads(done.stdout)) & features == set()
+
+
 def test_the_producer_api_does_not_load_the_tasks_package() -> None:
     assert "tasks" not in loaded_after("from models import append_event")
 

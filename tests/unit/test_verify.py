@@ -18,13 +18,11 @@ from models.errors import UnknownRun
 from tasks import drain
 from tasks.drain import Limits
 from tasks.replay import check_from_seq, replay_run
-from tasks.sink import Entry, InMemorySink, StreamEntry
+from tasks.sink import Entry, InMemorySink, StreamEntry, StreamInfo, StreamItem
 from tasks.verify import (
     Event,
     RunBusy,
     SeqRanges,
-    StreamInfo,
-    StreamItem,
     verify_all,
     verify_one,
     verify_run,
