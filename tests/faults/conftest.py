@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import libpq_url
 from tasks.testing.workers import Workers
-from tests.e2e.test_security import readme_grants
+from tests.e2e.test_security import documented_grants
 from tests.faults import report
 from tests.faults.harness import Scenario, WorkerRole
 
@@ -104,7 +104,9 @@ def worker_role(db_url: URL) -> Iterator[WorkerRole]:
     least-privilege snippet, on this scenario's database only; dropped afterwards."""
     suffix = uuid.uuid4().hex[:12]
     name, producer = f"outbox_test_worker_{suffix}", f"outbox_test_unused_{suffix}"
-    grants = [g for g in readme_grants(str(db_url.database), name, producer) if producer not in g]
+    grants = [
+        g for g in documented_grants(str(db_url.database), name, producer) if producer not in g
+    ]
     with psycopg.connect(libpq_url(db_url), autocommit=True) as conn:
         conn.execute(pgsql.SQL("CREATE ROLE {} LOGIN").format(pgsql.Identifier(name)))
         try:
