@@ -26,16 +26,13 @@ from celery import Celery, Task, signals
 import outbox_names
 from models import errors
 from models.db import identify_as
+from models.errors import InvalidTaskArguments
 from tasks import logs, metrics, shutdown
 from tasks.settings import check_environment
 
 # The most characters of Python's own complaint about the arguments that an error quotes: a
 # message may carry a keyword argument with a name megabytes long.
 _MAX_REASON_CHARS = 100
-
-
-class InvalidTaskArguments(errors.OutboxError, TypeError):
-    """A task was sent arguments that its signature does not take."""
 
 
 class CheckedTask(Task[Any, Any]):

@@ -1,4 +1,5 @@
-"""Errors of the drain side; the producer's errors live in models.errors.
+"""Errors of the drain side, as the drain code imports them; every class is defined, with
+the whole hierarchy, in models.errors.
 
 The sink adapters translate their driver's errors into these, so the drain core and the task
 layer only ever decide on our own types: a refusal is about one run's entries and counts
@@ -7,7 +8,13 @@ towards parking it; an outage is about the sink as a whole and is retried, never
 
 from __future__ import annotations
 
-from models.errors import ConfigError, DatabaseUnavailable, OutboxError
+from models.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    OutboxError,
+    PublishError,
+    SinkUnavailable,
+)
 
 __all__ = [
     "ConfigError",
@@ -18,14 +25,6 @@ __all__ = [
     "StoreUnavailable",
     "missing_database",
 ]
-
-
-class PublishError(OutboxError):
-    """The sink refused the run's entries."""
-
-
-class SinkUnavailable(OutboxError):
-    """The sink cannot take entries now (down, out of memory, read-only, loading); retried."""
 
 
 # The database cannot be reached now (connection refused or broken); retried. One class with

@@ -23,6 +23,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
+from models.errors import StreamUnreadable
 from tasks import scripts
 from tasks.errors import SinkUnavailable, missing_database
 from tasks.sink import (
@@ -31,7 +32,6 @@ from tasks.sink import (
     StreamEntry,
     StreamInfo,
     StreamItem,
-    StreamUnreadable,
     conflict_message,
 )
 

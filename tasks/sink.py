@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
-from models.errors import OutboxError
 from tasks.errors import SinkUnavailable
 
 
@@ -71,10 +70,6 @@ class PublishOutcome:
 
 
 # Reading a run's stream back, for verify and replay (the Redis sink's RedisStreamReader).
-
-
-class StreamUnreadable(OutboxError):
-    """The run's stream key cannot be read as a stream (it holds another type)."""
 
 
 @dataclasses.dataclass(frozen=True)

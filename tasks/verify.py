@@ -42,10 +42,10 @@ from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from models.errors import OutboxError, UnknownRun
+from models.errors import RunBusy, StreamUnreadable, UnknownRun
 from tasks import pg, sql
 from tasks.pg import SessionFactory
-from tasks.sink import StreamItem, StreamReader, StreamUnreadable
+from tasks.sink import StreamItem, StreamReader
 from tasks.store import MAX_ERROR_CHARS
 
 PAGE_SIZE = 1000  # entries read per page, from the database and from the stream
@@ -56,10 +56,6 @@ MAX_PROBLEMS = 100  # wrong runs a summary lists in its JSON form
 LOCK_TIMEOUT = 5.0  # seconds to wait for a run's cursor row (a drain batch holds it briefly)
 MAX_SUB = 2**64 - 1  # the largest second part of a stream entry id
 LOCK_NOT_AVAILABLE = "55P03"  # the SQLSTATE of a lock_timeout that expired
-
-
-class RunBusy(OutboxError):
-    """The run's cursor row stayed locked (a long replay holds it); try again later."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from models import InvalidRunId
-from tasks.celery_app import InvalidTaskArguments
+from models.errors import InvalidTaskArguments
 
 FIVE_MB = 5 * 1024 * 1024
 UNKNOWN = "0badc0de-0000-4000-8000-000000000000"  # no test creates this run

@@ -21,8 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import InvalidRunId, UnknownRun, append_event, create_run
+from models.errors import InvalidTaskArguments
 from tasks import api, runtime
-from tasks.celery_app import InvalidTaskArguments
 from tasks.outbox import replay, verify
 from tasks.redis_sink import RedisStreamReader, stream_key
 from tasks.settings import Settings

@@ -18,9 +18,9 @@ from kombu.transport import TRANSPORT_ALIASES
 import celeryconfig
 from models import ConfigError, InvalidRunId, parse_run_id
 from models.db import normalize_url
+from models.errors import InvalidTaskArguments
 from models.producer import max_payload_bytes
 from tasks import app, drain_run, drain_runs, sql
-from tasks.celery_app import InvalidTaskArguments
 from tasks.drain import DrainResult, Fault, Status
 from tasks.settings import (
     BROKER_SCHEMES,

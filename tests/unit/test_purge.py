@@ -10,9 +10,9 @@ import pytest
 
 import celeryconfig
 from models import ConfigError
+from models.errors import InvalidTaskArguments
 from tasks import app, sql
 from tasks import purge as retention
-from tasks.celery_app import InvalidTaskArguments
 from tasks.errors import StoreUnavailable
 from tasks.outbox import purge as purge_task
 from tasks.settings import Settings
