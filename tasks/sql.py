@@ -116,10 +116,11 @@ RUNS_WITH_MORE = text(
     """
 )
 
-# Active runs with unpublished events and no retry delay pending, found by a skip scan of the
-# partial index of pending events: one index probe per run, whatever the size of the history.
-_FIND_PENDING = """
-    WITH RECURSIVE pending(run_id) AS (
+# The runs with unpublished events, as the recursive CTE ``pending``: a skip scan of the
+# partial index of pending events, one index probe per run, whatever the size of the history.
+# ``{after}`` starts it after a run id (or is empty). Dispatch and the metrics both use it.
+_PENDING_RUNS = """
+    pending(run_id) AS (
         (
             SELECT run_id FROM run_events WHERE published_at IS NULL {after}
             ORDER BY run_id LIMIT 1
@@ -132,7 +133,13 @@ _FIND_PENDING = """
         )
         FROM pending AS p
         WHERE p.run_id IS NOT NULL
-    )
+    )"""
+
+# Active runs with unpublished events and no retry delay pending.
+_FIND_PENDING = (
+    "WITH RECURSIVE"
+    + _PENDING_RUNS
+    + """
     SELECT p.run_id FROM pending AS p
     CROSS JOIN LATERAL (
         SELECT 1 FROM run_outbox AS o
@@ -141,6 +148,7 @@ _FIND_PENDING = """
     ) AS active
     LIMIT :limit
 """
+)
 _FIND_PENDING_VARIANTS = {
     (after, due_only): text(
         _FIND_PENDING.format(
@@ -309,21 +317,9 @@ VERIFY_COUNT_RUNS = text("SELECT count(*) FROM run_outbox")
 # * the sink's outage: the one row of sink_health (NULL while the sink is up).
 METRICS_TIMEOUT = text("SELECT set_config('statement_timeout', :timeout, true)")
 METRICS = text(
-    """
-    WITH RECURSIVE pending(run_id) AS (
-        (
-            SELECT run_id FROM run_events WHERE published_at IS NULL
-            ORDER BY run_id LIMIT 1
-        )
-        UNION ALL
-        SELECT (
-            SELECT e.run_id FROM run_events AS e
-            WHERE e.published_at IS NULL AND e.run_id > p.run_id
-            ORDER BY e.run_id LIMIT 1
-        )
-        FROM pending AS p
-        WHERE p.run_id IS NOT NULL
-    ),
+    "WITH RECURSIVE"
+    + _PENDING_RUNS.format(after="")
+    + """,
     backlog AS (
         SELECT count(*) AS events, min(created_at) AS oldest
         FROM run_events WHERE published_at IS NULL
