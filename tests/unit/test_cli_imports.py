@@ -7,26 +7,14 @@ what they need when they run; these tests check that nothing heavy comes back at
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import click
 
 from tasks import cli
+from tests.unit.test_imports import modules_after
 
 HEAVY = ("sqlalchemy", "alembic", "redis", "celery", "kombu", "psycopg", "prometheus_client")
 HEAVY_OWN = ("models", "tasks.api", "tasks.runtime", "tasks.verify", "tasks.replay")
 LIGHT_MODELS = {"models", "models.embedded", "models.errors"}  # no third-party import
-
-
-def _loaded_after(code: str) -> set[str]:
-    """The modules a fresh interpreter has loaded after running ``code``."""
-    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    return set(json.loads(done.stdout.splitlines()[-1]))
 
 
 def _heavy(modules: set[str]) -> list[str]:
@@ -38,7 +26,7 @@ def _heavy(modules: set[str]) -> list[str]:
 
 
 def test_importing_the_cli_loads_no_database_redis_celery_or_project_module() -> None:
-    assert _heavy(_loaded_after("import tasks.cli")) == []
+    assert _heavy(modules_after("import tasks.cli")) == []
 
 
 def test_the_help_of_the_group_and_of_every_verb_loads_no_heavy_module() -> None:
@@ -48,7 +36,7 @@ def test_the_help_of_the_group_and_of_every_verb_loads_no_heavy_module() -> None
         "    with contextlib.redirect_stdout(io.StringIO()):\n"
         "        tasks.cli.main(args + ['--help'], standalone_mode=False)\n"
     )
-    assert _heavy(_loaded_after(code)) == []
+    assert _heavy(modules_after(code)) == []
 
 
 def test_the_defaults_the_help_shows_are_those_of_the_modules_that_use_them() -> None:
@@ -71,6 +59,6 @@ def test_the_help_of_a_lazily_loaded_verb_is_the_verbs_own() -> None:
 def test_outbox_services_loads_no_database_redis_or_celery_module() -> None:
     # `outbox services status` runs before anything else on a newcomer's machine; the
     # models package gives its names on first use, so models.embedded comes alone.
-    loaded = _loaded_after("import tasks.services_cli")
+    loaded = modules_after("import tasks.services_cli")
     assert "models.embedded" in loaded
     assert [name for name in _heavy(loaded) if name not in LIGHT_MODELS] == []
