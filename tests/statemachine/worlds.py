@@ -9,7 +9,6 @@ The drain itself is the package's own, over ``world.store`` and ``world.sink()``
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import Sequence
@@ -22,21 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import append_event, create_run
 from tasks import redis_sink
 from tasks.sink import Entry, InMemorySink, PublishOutcome, Sink, StreamEntry
-from tasks.store import SqlStore, Store
-from tests.fakes import Event, InMemoryStore, StoredRun
+from tasks.store import Store
+from tests.fakes import Event
 from tests.helpers import unreachable_redis
+from tests.stores import MemoryKit, SqlKit, State
 
 OUTAGE = "Redis unavailable: ConnectionError (the state machine's outage)"
-
-
-@dataclasses.dataclass(frozen=True)
-class Cursor:
-    """Where a run's drain stands, as the store holds it."""
-
-    next_seq: int
-    status: str  # "active" or "stalled"
-    attempts: int
-    published: frozenset[int]  # seqs marked published
 
 
 class World(Protocol):
@@ -54,7 +44,7 @@ class World(Protocol):
         ...
 
     def delete_run(self, run_id: uuid.UUID) -> None: ...
-    def cursor(self, run_id: uuid.UUID) -> Cursor | None: ...
+    def cursor(self, run_id: uuid.UUID) -> State | None: ...
     def stream(self, run_id: uuid.UUID) -> list[StreamEntry]: ...
     def put_foreign(self, run_id: uuid.UUID, seq: int, payload: str) -> None: ...
     def delete_stream(self, run_id: uuid.UUID) -> None: ...
@@ -85,7 +75,8 @@ class CrashingSink:
 
 class MemoryWorld:
     def __init__(self) -> None:
-        self.store = InMemoryStore()
+        self.kit = MemoryKit()
+        self.store = self.kit.store
         self.memory = InMemorySink()
         self.outage = False
         self._next_id = 1
@@ -107,14 +98,10 @@ class MemoryWorld:
             self._next_id += 1
 
     def delete_run(self, run_id: uuid.UUID) -> None:
-        del self.store.runs[run_id]
+        self.kit.delete(run_id)
 
-    def cursor(self, run_id: uuid.UUID) -> Cursor | None:
-        run: StoredRun | None = self.store.runs.get(run_id)
-        if run is None:
-            return None
-        published = frozenset(run.published)
-        return Cursor(run.next_seq, run.status, run.attempts, published)
+    def cursor(self, run_id: uuid.UUID) -> State | None:
+        return self.kit.state(run_id)
 
     def stream(self, run_id: uuid.UUID) -> list[StreamEntry]:
         return self.memory.entries(run_id)
@@ -140,7 +127,8 @@ class SqlWorld:
         self.session = session
         self.client = client
         self.prefix = prefix
-        self.store = SqlStore(session)
+        self.kit = SqlKit(session)
+        self.store = self.kit.store
         self.redis = redis_sink.RedisStreamSink(client, prefix)
         self.unreachable = redis_sink.RedisStreamSink(unreachable_redis(), prefix)
         self.outage = False
@@ -167,22 +155,10 @@ class SqlWorld:
                 s.rollback()
 
     def delete_run(self, run_id: uuid.UUID) -> None:
-        with self.session() as s, s.begin():
-            s.execute(text("DELETE FROM runs WHERE id = :id"), {"id": run_id})
+        self.kit.delete(run_id)
 
-    def cursor(self, run_id: uuid.UUID) -> Cursor | None:
-        with self.session() as s:
-            row = s.execute(
-                text("SELECT next_seq, status, attempts FROM run_outbox WHERE run_id = :id"),
-                {"id": run_id},
-            ).one_or_none()
-            if row is None:
-                return None
-            published = s.execute(
-                text("SELECT seq FROM run_events WHERE run_id = :id AND published_at IS NOT NULL"),
-                {"id": run_id},
-            ).scalars()
-            return Cursor(row.next_seq, row.status, row.attempts, frozenset(published))
+    def cursor(self, run_id: uuid.UUID) -> State | None:
+        return self.kit.state(run_id)
 
     def stream(self, run_id: uuid.UUID) -> list[StreamEntry]:
         if self.client.type(self.key(run_id)) != b"stream":
