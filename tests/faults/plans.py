@@ -25,7 +25,7 @@ LARGE_SETTLE = 180.0
 
 PLANS: dict[str, dict[str, Plan]] = {
     "kill": {
-        "bounded": Plan(runs=20, events=800, seconds=10, faults=3, settle_limit=BOUNDED_SETTLE),
+        "bounded": Plan(runs=20, events=400, seconds=5, faults=3, settle_limit=BOUNDED_SETTLE),
         "large": Plan(runs=200, events=20_000, seconds=110, faults=24, settle_limit=LARGE_SETTLE),
     },
     "sink restart": {
@@ -33,15 +33,15 @@ PLANS: dict[str, dict[str, Plan]] = {
         "large": Plan(runs=100, events=8_000, seconds=60, faults=6, settle_limit=LARGE_SETTLE),
     },
     "database": {
-        "bounded": Plan(runs=20, events=600, seconds=8, faults=4, settle_limit=BOUNDED_SETTLE),
+        "bounded": Plan(runs=20, events=300, seconds=4, faults=4, settle_limit=BOUNDED_SETTLE),
         "large": Plan(runs=100, events=8_000, seconds=60, faults=20, settle_limit=LARGE_SETTLE),
     },
     "crowd": {
-        "bounded": Plan(runs=20, events=600, seconds=8, faults=1, settle_limit=BOUNDED_SETTLE),
+        "bounded": Plan(runs=20, events=300, seconds=4, faults=1, settle_limit=BOUNDED_SETTLE),
         "large": Plan(runs=100, events=8_000, seconds=60, faults=1, settle_limit=LARGE_SETTLE),
     },
     "deletes": {
-        "bounded": Plan(runs=24, events=600, seconds=8, faults=6, settle_limit=BOUNDED_SETTLE),
+        "bounded": Plan(runs=24, events=300, seconds=4, faults=6, settle_limit=BOUNDED_SETTLE),
         "large": Plan(runs=100, events=8_000, seconds=60, faults=30, settle_limit=LARGE_SETTLE),
     },
     "proxy": {
