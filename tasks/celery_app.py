@@ -26,8 +26,8 @@ from celery import Celery, Task, signals
 import outbox_names
 from models import errors
 from models.db import identify_as
-from models.errors import InvalidTaskArguments
 from tasks import logs, metrics, shutdown
+from tasks.errors import InvalidTaskArguments
 from tasks.settings import check_environment
 
 # The most characters of Python's own complaint about the arguments that an error quotes: a

@@ -11,18 +11,24 @@ from __future__ import annotations
 from models.errors import (
     ConfigError,
     DatabaseUnavailable,
+    InvalidTaskArguments,
     OutboxError,
     PublishError,
+    RunBusy,
     SinkUnavailable,
+    StreamUnreadable,
 )
 
 __all__ = [
     "ConfigError",
     "DatabaseUnavailable",
+    "InvalidTaskArguments",
     "OutboxError",
     "PublishError",
+    "RunBusy",
     "SinkUnavailable",
     "StoreUnavailable",
+    "StreamUnreadable",
     "missing_database",
 ]
 

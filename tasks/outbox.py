@@ -22,13 +22,13 @@ from typing import Any
 from kombu import Connection
 
 from models import errors, kicks
-from models.errors import InvalidTaskArguments
 from models.ids import parse_run_id
 from tasks import jobs, metrics, redis_sink, runtime, shutdown
 from tasks import purge as retention
 from tasks import replay as stream_replay
 from tasks import verify as stream_verify
 from tasks.celery_app import CheckedTask, app
+from tasks.errors import InvalidTaskArguments
 from tasks.queueing import DrainQueue, Kicker
 from tasks.settings import MAX_GROUP_SIZE
 

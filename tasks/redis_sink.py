@@ -23,9 +23,8 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
-from models.errors import StreamUnreadable
 from tasks import scripts
-from tasks.errors import SinkUnavailable, missing_database
+from tasks.errors import SinkUnavailable, StreamUnreadable, missing_database
 from tasks.sink import (
     Entry,
     PublishOutcome,

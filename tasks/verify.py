@@ -42,8 +42,9 @@ from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from models.errors import RunBusy, StreamUnreadable, UnknownRun
+from models.errors import UnknownRun
 from tasks import pg, sql
+from tasks.errors import RunBusy, StreamUnreadable
 from tasks.pg import SessionFactory
 from tasks.sink import StreamItem, StreamReader
 from tasks.store import MAX_ERROR_CHARS

@@ -95,6 +95,7 @@ def runs_table_locked(db_url: URL) -> Iterator[psycopg.Connection]:
 
 
 LOST_DRAIN_TTL = 5  # OUTBOX_QUEUED_TTL of the test below
+SHORT_TTL = {"OUTBOX_QUEUED_TTL": str(LOST_DRAIN_TTL)}
 
 
 @pytest.mark.parametrize("broker_url", BROKERS, indirect=True)
@@ -114,7 +115,7 @@ def test_runs_whose_drains_a_killed_worker_held_unstarted_are_drained_within_a_m
         concurrency=1,
         options=["--prefetch-multiplier=4"],
         OUTBOX_GROUP_SIZE="1",
-        OUTBOX_QUEUED_TTL=str(LOST_DRAIN_TTL),
+        **SHORT_TTL,
     )
     runs_table_locked.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
     celery_processes.call("outbox.dispatch")  # queues 6 drains of one run each, marks set
@@ -132,8 +133,8 @@ def test_runs_whose_drains_a_killed_worker_held_unstarted_are_drained_within_a_m
     doomed.stop()
     runs_table_locked.rollback()
     started = time.monotonic()
-    celery_processes.start_worker(OUTBOX_GROUP_SIZE="1", OUTBOX_QUEUED_TTL=str(LOST_DRAIN_TTL))
-    celery_processes.start_beat(interval=0.5, OUTBOX_QUEUED_TTL=str(LOST_DRAIN_TTL))
+    celery_processes.start_worker(OUTBOX_GROUP_SIZE="1", **SHORT_TTL)
+    celery_processes.start_beat(interval=0.5, **SHORT_TTL)
     wait_until(lambda: drained(Session, runs, 3), 60, "every run to be drained")
     took = time.monotonic() - started
 

@@ -3,7 +3,6 @@ beat says in one line that it could not send a dispatch while its broker is down
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +50,8 @@ def test_beat_logs_one_line_per_dispatch_it_cannot_send_while_the_broker_is_down
                 60,
                 "two dispatches beat could not send",
             )
-            time.sleep(0.5)  # a line being written as the condition held
+            # A line may still be half written as the condition held: wait for its end.
+            wait_until(lambda: beat.read_log().endswith("\n"), 10, "the last line's end")
             log = beat.read_log()
         finally:
             workers.stop()
