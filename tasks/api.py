@@ -15,10 +15,9 @@ from models.ids import parse_run_id
 from tasks import drain, runtime
 from tasks.drain import DrainResult, Fault, PassResult, Status
 from tasks.errors import PublishError, SinkUnavailable
-from tasks.pg import SessionFactory
+from tasks.pg import SessionFactory, SqlStore
 from tasks.settings import Settings
 from tasks.sink import Sink
-from tasks.store import SqlStore
 
 
 def _collaborators(

@@ -27,6 +27,7 @@ import click
 # The drivers, SQLAlchemy, Celery and the rest of the project are imported by the verbs that
 # need them, not here: `outbox --help`, `--version` and `VERB --help` import click only.
 if TYPE_CHECKING:
+    from tasks import pg
     from tasks import replay as stream_replay
     from tasks import verify as stream_verify
     from tasks.drain import DrainResult
@@ -722,11 +723,12 @@ def purge(older_than: float | None, dry_run: bool, batch_size: int) -> None:
     Never an unpublished event, and never a run's counter or cursor: its next event still
     gets the next seq. Streams are not touched.
     """
+    from tasks import pg
     from tasks import purge as retention
     from tasks.errors import StoreUnavailable
 
     current = _current()
-    store = retention.SqlPurgeStore(current.session_factory)
+    store = pg.SqlPurgeStore(current.session_factory)
     cutoff = store.cutoff(current.settings.retention if older_than is None else older_than)
     before = cutoff.astimezone(dt.UTC).isoformat(timespec="seconds")
     if dry_run:
@@ -745,13 +747,13 @@ def purge(older_than: float | None, dry_run: bool, batch_size: int) -> None:
     click.echo(f"deleted {deleted} events published before {before}, in {batches} batches")
 
 
-def _stream_checks(current: Runtime) -> tuple[stream_verify.SqlLedger, RedisStreamReader]:
+def _stream_checks(current: Runtime) -> tuple[pg.SqlLedger, RedisStreamReader]:
     """The database and stream sides that verify and replay compare."""
-    from tasks import verify as stream_verify
+    from tasks import pg
     from tasks.redis_sink import RedisStreamReader
 
     reader = RedisStreamReader(current.redis, current.settings.stream_prefix)
-    return stream_verify.SqlLedger(current.session_factory), reader
+    return pg.SqlLedger(current.session_factory), reader
 
 
 def _progress_shown() -> bool:
@@ -759,9 +761,7 @@ def _progress_shown() -> bool:
     return sys.stderr.isatty()
 
 
-def _verify_every_run(
-    ledger: stream_verify.SqlLedger, reader: RedisStreamReader
-) -> stream_verify.Summary:
+def _verify_every_run(ledger: pg.SqlLedger, reader: RedisStreamReader) -> stream_verify.Summary:
     """Verify every run, printing each wrong one at once, with a progress bar on stderr."""
     from tasks import verify as stream_verify
 

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 class HealthRecord(Protocol):
-    """Where the sink's health is kept (``tasks.store.SqlStore``)."""
+    """Where the sink's health is kept (``tasks.pg.SqlStore``)."""
 
     def sink_health(self) -> SinkHealth: ...
     def sink_down(self, error: str, first_check_in: float) -> bool: ...

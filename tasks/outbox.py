@@ -23,7 +23,7 @@ from kombu import Connection
 
 from models import errors, kicks
 from models.ids import parse_run_id
-from tasks import jobs, metrics, redis_sink, runtime, shutdown
+from tasks import jobs, metrics, pg, redis_sink, runtime, shutdown
 from tasks import purge as retention
 from tasks import replay as stream_replay
 from tasks import verify as stream_verify
@@ -211,15 +211,15 @@ def purge() -> dict[str, Any]:
     """Delete events published longer than OUTBOX_RETENTION ago, a bounded amount per run;
     returns ``{"deleted", "batches", "more", "cutoff"}``."""
     current = runtime.current()
-    store = retention.SqlPurgeStore(current.session_factory)
+    store = pg.SqlPurgeStore(current.session_factory)
     return retention.purge_older_than(store, current.settings.retention).as_dict()
 
 
-def _stream_checks() -> tuple[stream_verify.SqlLedger, redis_sink.RedisStreamReader]:
+def _stream_checks() -> tuple[pg.SqlLedger, redis_sink.RedisStreamReader]:
     """The database and stream sides that verify and replay compare."""
     current = runtime.current()
     reader = redis_sink.RedisStreamReader(current.redis, current.settings.stream_prefix)
-    return stream_verify.SqlLedger(current.session_factory), reader
+    return pg.SqlLedger(current.session_factory), reader
 
 
 @app.task(name="outbox.verify", base=CheckedTask, throws=(*CheckedTask.throws, errors.UnknownRun))

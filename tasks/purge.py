@@ -12,7 +12,6 @@ and drains never wait for it), and a purge stops after ``max_batches``: the next
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -20,12 +19,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from sqlalchemy import Connection
-
 from models.errors import ConfigError, preview
-from tasks import pg, sql
 from tasks.errors import StoreUnavailable
-from tasks.pg import SessionFactory
 
 logger = logging.getLogger(__name__)
 
@@ -108,33 +103,6 @@ class PurgeStore(Protocol):
     def count(self, cutoff: dt.datetime) -> int:
         """How many purgeable events were published before ``cutoff``."""
         ...
-
-
-class SqlPurgeStore:
-    """The PurgeStore over a SQLAlchemy session factory; every statement is its own transaction."""
-
-    def __init__(self, session_factory: SessionFactory) -> None:
-        self.session_factory = session_factory
-
-    def _autocommit(self) -> contextlib.AbstractContextManager[Connection]:
-        # One statement, one transaction: its row locks end with the statement.
-        return pg.autocommit(self.session_factory)
-
-    def cutoff(self, older_than: float) -> dt.datetime:
-        with self._autocommit() as connection:
-            value: dt.datetime = connection.execute(
-                sql.PURGE_CUTOFF, {"seconds": older_than}
-            ).scalar_one()
-        return value
-
-    def delete_batch(self, cutoff: dt.datetime, limit: int) -> int:
-        params = {"cutoff": cutoff, "batch_size": limit}
-        with self._autocommit() as connection:
-            return int(connection.execute(sql.PURGE_BATCH, params).scalar_one())
-
-    def count(self, cutoff: dt.datetime) -> int:
-        with self._autocommit() as connection:
-            return int(connection.execute(sql.PURGE_COUNT, {"cutoff": cutoff}).scalar_one())
 
 
 def purge(

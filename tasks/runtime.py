@@ -17,12 +17,11 @@ from models.db import session_factory as make_session_factory
 from tasks import redis_sink
 from tasks.jobs import Worker
 from tasks.outages import OutageLog, SinkGate
-from tasks.pg import SessionFactory
+from tasks.pg import SessionFactory, SqlStore
 from tasks.queueing import DrainQueue, Sender
 from tasks.redis_marks import KickedSet, QueuedMarks
 from tasks.settings import Settings
 from tasks.sink import Sink
-from tasks.store import SqlStore
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,8 +25,9 @@ while its cursor row is held with ``FOR KEY SHARE``: a drain of that run, which 
 ``FOR UPDATE SKIP LOCKED``, skips it meanwhile, so no entry reaches the stream halfway
 through the comparison. Producers lock another row and never wait.
 
-This module knows neither Celery nor Redis: the database side is a ``Ledger`` (``SqlLedger``
-below) and the stream side a ``StreamReader`` (``tasks.redis_sink.RedisStreamReader``).
+This module knows neither Celery nor Redis: the database side is a ``Ledger``
+(``tasks.pg.SqlLedger``) and the stream side a ``StreamReader``
+(``tasks.redis_sink.RedisStreamReader``).
 """
 
 from __future__ import annotations
@@ -38,14 +39,8 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import Connection
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session
-
 from models.errors import UnknownRun
-from tasks import pg, sql
 from tasks.errors import RunBusy, StreamUnreadable
-from tasks.pg import SessionFactory
 from tasks.sink import StreamItem, StreamReader
 from tasks.store import MAX_ERROR_CHARS
 
@@ -56,7 +51,6 @@ MAX_RANGES = 20  # seq ranges a report names; its count says how many in all
 MAX_PROBLEMS = 100  # wrong runs a summary lists in its JSON form
 LOCK_TIMEOUT = 5.0  # seconds to wait for a run's cursor row (a drain batch holds it briefly)
 MAX_SUB = 2**64 - 1  # the largest second part of a stream entry id
-LOCK_NOT_AVAILABLE = "55P03"  # the SQLSTATE of a lock_timeout that expired
 
 
 @dataclasses.dataclass(frozen=True)
@@ -471,84 +465,3 @@ def verify_one(
     summary = Summary()
     summary.add(verify_run(ledger, reader, run_id, page_size=page_size, max_bytes=max_bytes))
     return summary
-
-
-# The database side.
-
-
-@contextlib.contextmanager
-def _translated(run_id: uuid.UUID | None = None, lock_timeout: float = 0) -> Iterator[None]:
-    try:
-        yield
-    except sa_exc.OperationalError as exc:
-        if run_id is not None and getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
-            raise RunBusy(
-                f"run {run_id} stayed locked for {lock_timeout:g}s (a replay of it may be "
-                "running); try again later"
-            ) from exc
-        raise pg.unavailable(exc) from exc
-    except sa_exc.InterfaceError as exc:
-        raise pg.unavailable(exc) from exc
-
-
-class SqlHeldRun:
-    """A run whose cursor row this session's transaction holds."""
-
-    def __init__(self, session: Session, run_id: uuid.UUID, next_seq: int) -> None:
-        self.session = session
-        self.run_id = run_id
-        self.next_seq = next_seq
-
-    def published(self, after: int, limit: int, max_bytes: int) -> list[Event]:
-        params = {
-            "run_id": self.run_id,
-            "after": after,
-            "below": self.next_seq,
-            "limit": limit,
-            "max_bytes": max_bytes,
-        }
-        return self._events(sql.VERIFY_PUBLISHED, params)
-
-    def events_at(self, seqs: Sequence[int]) -> list[Event]:
-        if not seqs:
-            return []
-        return self._events(sql.VERIFY_EVENTS_AT, {"run_id": self.run_id, "seqs": list(seqs)})
-
-    def _events(self, query: Any, params: dict[str, Any]) -> list[Event]:
-        rows = self.session.execute(query, params).all()
-        return [Event(self.run_id, r.id, r.seq, r.type, r.payload) for r in rows]
-
-
-class SqlLedger:
-    """The Ledger over the outbox tables (queries in ``tasks.sql``)."""
-
-    def __init__(self, session_factory: SessionFactory, lock_timeout: float = LOCK_TIMEOUT):
-        self.session_factory = session_factory
-        self.lock_timeout = lock_timeout
-
-    @contextlib.contextmanager
-    def hold(self, run_id: uuid.UUID, *, exclusive: bool = False) -> Iterator[SqlHeldRun]:
-        with (
-            _translated(run_id, self.lock_timeout),
-            self.session_factory() as session,
-            session.begin(),
-        ):
-            timeout = f"{max(1, round(self.lock_timeout * 1000))}ms"
-            session.execute(sql.VERIFY_LOCK_TIMEOUT, {"timeout": timeout})
-            query = sql.VERIFY_HOLD_EXCLUSIVE if exclusive else sql.VERIFY_HOLD_SHARED
-            next_seq = session.execute(query, {"run_id": run_id}).scalar_one_or_none()
-            if next_seq is None:
-                raise UnknownRun(f"no run with id {run_id}")
-            yield SqlHeldRun(session, run_id, int(next_seq))
-
-    def runs(self, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
-        query = sql.VERIFY_RUNS if after is None else sql.VERIFY_RUNS_AFTER
-        with self._autocommit() as session:
-            return list(session.execute(query, {"after": after, "limit": limit}).scalars())
-
-    def count_runs(self) -> int:
-        with self._autocommit() as session:
-            return int(session.execute(sql.VERIFY_COUNT_RUNS).scalar_one())
-
-    def _autocommit(self) -> contextlib.AbstractContextManager[Connection]:
-        return pg.autocommit(self.session_factory)

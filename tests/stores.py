@@ -17,7 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import append_event, create_run
-from tasks.store import SqlStore, Store
+from tasks.pg import SqlStore
+from tasks.store import Store
 from tests.fakes import InMemoryStore
 
 

@@ -25,8 +25,9 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from tasks.pg import SqlLedger
 from tasks.redis_sink import RedisStreamReader
-from tasks.verify import RunReport, SqlLedger, stream_items, verify_all
+from tasks.verify import RunReport, stream_items, verify_all
 
 PENDING = text(
     "SELECT count(*) FROM run_events WHERE published_at IS NULL"

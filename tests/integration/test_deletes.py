@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import RunEvent
 from tasks import Status, drain_outbox_for_run, drain_outbox_once
 from tasks.drain import drain_batch
+from tasks.pg import SqlStore
 from tasks.redis_sink import RedisStreamSink
 from tasks.settings import Settings
 from tasks.sink import Entry, PublishOutcome
-from tasks.store import SqlStore
 from tests.helpers import db_state, seed, stream_seqs, wait_until
 
 

@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import RunOutbox
 from tasks import Status, drain_outbox_for_run, drain_outbox_once, resume
 from tasks.errors import PublishError, SinkUnavailable
+from tasks.pg import SqlStore
 from tasks.redis_sink import RedisStreamSink, stream_key
 from tasks.settings import Settings
 from tasks.sink import Entry, PublishOutcome
-from tasks.store import SqlStore
 from tests.helpers import db_state, seed, stream_seqs, unreachable_redis
 
 

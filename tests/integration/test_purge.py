@@ -28,9 +28,9 @@ from tasks import Status, drain_outbox_for_run, drain_outbox_once, runtime, sql
 from tasks import purge as retention
 from tasks.cli import PURGE_ROUND
 from tasks.outbox import purge as purge_task
+from tasks.pg import SqlPurgeStore, SqlStore
 from tasks.redis_sink import RedisStreamSink
 from tasks.settings import Settings
-from tasks.store import SqlStore
 from tests.helpers import append, cli, seed, stream_seqs
 
 DAY = 86400.0
@@ -91,8 +91,8 @@ def _events(Session: sessionmaker[Session]) -> int:
 
 
 @pytest.fixture
-def store(Session: sessionmaker[Session]) -> retention.SqlPurgeStore:
-    return retention.SqlPurgeStore(Session)
+def store(Session: sessionmaker[Session]) -> SqlPurgeStore:
+    return SqlPurgeStore(Session)
 
 
 def test_the_purge_deletes_published_events_older_than_the_cutoff_and_keeps_every_other(
@@ -100,7 +100,7 @@ def test_the_purge_deletes_published_events_older_than_the_cutoff_and_keeps_ever
     publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
-    store: retention.SqlPurgeStore,
+    store: SqlPurgeStore,
 ) -> None:
     mixed, partly_published, rewound = seed(Session, runs=3, events=10)
     # mixed: all published, 1..6 eight days ago, 7..10 just now.
@@ -147,7 +147,7 @@ def test_a_fully_purged_run_keeps_its_counter_and_cursor_and_its_next_event_gets
     publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
-    store: retention.SqlPurgeStore,
+    store: SqlPurgeStore,
 ) -> None:
     [run_id] = seed(Session, events=5)
     _drain(Session, publisher, settings, run_id)
@@ -168,7 +168,7 @@ def test_the_purge_works_in_bounded_batches_oldest_first_and_the_next_one_goes_o
     Session: sessionmaker[Session],
     publisher: RedisStreamSink,
     settings: Settings,
-    store: retention.SqlPurgeStore,
+    store: SqlPurgeStore,
 ) -> None:
     first, second = seed(Session, runs=2, events=5)
     _drain(Session, publisher, settings, first, second)
@@ -369,7 +369,7 @@ def test_the_purge_neither_waits_for_nor_deletes_under_a_drain_a_producer_or_a_r
     Session: sessionmaker[Session],
     publisher: RedisStreamSink,
     settings: Settings,
-    store: retention.SqlPurgeStore,
+    store: SqlPurgeStore,
 ) -> None:
     drained, produced, deleted = seed(Session, runs=3, events=4)
     _drain(Session, publisher, settings, drained, produced, deleted)
@@ -410,7 +410,7 @@ def test_a_purge_racing_producers_and_drains_deletes_exactly_what_was_published_
     publisher: RedisStreamSink,
     settings: Settings,
     redis_client: redis.Redis,
-    store: retention.SqlPurgeStore,
+    store: SqlPurgeStore,
 ) -> None:
     run_ids = seed(Session, runs=RUNS, events=0)
     small = dataclasses.replace(settings, batch_size=7, max_batches=2, group_size=2)
@@ -472,7 +472,7 @@ def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def test_a_purge_batch_finds_its_rows_through_the_index_without_scanning_the_table(
-    Session: sessionmaker[Session], engine: Engine, store: retention.SqlPurgeStore
+    Session: sessionmaker[Session], engine: Engine, store: SqlPurgeStore
 ) -> None:
     # A history of 20,000 published events over 100 runs, 2 % of them older than a week.
     with Session() as session, session.begin():

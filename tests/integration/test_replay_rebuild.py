@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import append_event, create_run
 from tasks import api, runtime
 from tasks.drain import Status
+from tasks.pg import SqlLedger
 from tasks.redis_sink import RedisStreamReader
 from tasks.replay import rebuild_run
 from tasks.settings import Settings
-from tasks.verify import SqlLedger
 from tests.helpers import append, cli, entries, key, published, stream_seqs
 from tests.servers import redis_server
 

@@ -24,9 +24,10 @@ from models import InvalidRunId, UnknownRun, append_event, create_run
 from models.errors import InvalidTaskArguments
 from tasks import api, runtime
 from tasks.outbox import replay, verify
+from tasks.pg import SqlLedger
 from tasks.redis_sink import RedisStreamReader, stream_key
 from tasks.settings import Settings
-from tasks.verify import SqlLedger, verify_all, verify_run
+from tasks.verify import verify_all, verify_run
 from tests.helpers import cli, entries, key, published, seed, stream_seqs
 from tests.servers import redis_server
 
