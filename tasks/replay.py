@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from models.errors import preview
-from tasks.sink import Sink, StreamReader
+from tasks.sink import PublishOutcome, Sink, StreamReader
 from tasks.verify import (
     MAX_BYTES,
     MAX_SUB,
@@ -72,6 +72,19 @@ class ReplayResult:
     refused: str | None = None  # what the sink answered when it refused the entries
     rebuilt: bool = False  # the stream's key was deleted and the stream written anew
     removed: int = 0  # entries the stream held when a rebuild deleted its key
+
+    def count(self, outcome: PublishOutcome) -> bool:
+        """Add what the sink did with a page of this run's events; False when the sink found
+        a conflict or refused them, which ends the replay (the result says which)."""
+        if self.run_id in outcome.conflicts:
+            self.conflict = outcome.conflicts[self.run_id]
+            return False
+        if self.run_id in outcome.refused:
+            self.refused = outcome.refused[self.run_id]
+            return False
+        self.added += outcome.added[self.run_id]
+        self.already_present += outcome.present[self.run_id]
+        return True
 
     @property
     def complete(self) -> bool:
@@ -202,16 +215,8 @@ def replay_run(
                     missing.append(event)
                 else:
                     result.not_restored.add(event.seq)
-            if missing:
-                outcome = sink.publish(missing)
-                if run_id in outcome.conflicts:
-                    result.conflict = outcome.conflicts[run_id]
-                    return result
-                if run_id in outcome.refused:
-                    result.refused = outcome.refused[run_id]
-                    return result
-                result.added += outcome.added[run_id]
-                result.already_present += outcome.present[run_id]
+            if missing and not result.count(sink.publish(missing)):
+                return result
         return result
 
 
@@ -247,15 +252,8 @@ def rebuild_run(
         erase(run_id)
         result.rebuilt, result.removed = True, info.length
         for page in published_pages(held, page_size=page_size, max_bytes=max_bytes):
-            outcome = sink.publish(page)
-            if run_id in outcome.conflicts:
-                result.conflict = outcome.conflicts[run_id]
+            if not result.count(sink.publish(page)):
                 return result
-            if run_id in outcome.refused:
-                result.refused = outcome.refused[run_id]
-                return result
-            result.added += outcome.added[run_id]
-            result.already_present += outcome.present[run_id]
         return result
 
 
