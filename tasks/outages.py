@@ -46,9 +46,15 @@ class Tick:
 class SinkGate:
     """Decides when dispatch checks a sink that is down, and logs the outage's few lines."""
 
-    def __init__(self, record: HealthRecord, log: logging.Logger = logger) -> None:
+    def __init__(
+        self,
+        record: HealthRecord,
+        log: logging.Logger = logger,
+        longest_check: float = retry.OUTAGE_MAX_DELAY,
+    ) -> None:
         self.record = record
         self.log = log
+        self.longest_check = longest_check  # OUTBOX_OUTAGE_CHECK_MAX
 
     def before_dispatch(self) -> Tick:
         """Read the record: go ahead normally, go ahead as the outage's check, or skip."""
@@ -56,17 +62,18 @@ class SinkGate:
         if health.down_since is None:
             return Tick(go=True)
         since = health.down_since.isoformat(timespec="seconds")
-        next_in = retry.outage_delay(health.probes + 1)
+        next_in = retry.outage_delay(health.probes + 1, self.longest_check)
         if health.probe_due and self.record.claim_probe(health.probes, next_in):
             return Tick(go=True, check=health.probes + 1, next_in=next_in, down_since=since)
         return Tick(go=False, down_since=since)
 
     def failed(self, error: str, tick: Tick | None = None) -> None:
         """The sink was unavailable to a drain, or to dispatch on ``tick``."""
-        if self.record.sink_down(error, retry.outage_delay(0)):
+        first_check_in = retry.outage_delay(0, self.longest_check)
+        if self.record.sink_down(error, first_check_in):
             self.log.warning(
                 "sink unavailable, drains wait for it (dispatch checks again in %gs): %s",
-                retry.outage_delay(0),
+                first_check_in,
                 error,
             )
         elif tick is not None and tick.check:

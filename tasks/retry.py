@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 # A refused run waits a random time between 0 and 1, 2, 4, ... seconds, capped here.
 REFUSAL_MAX_DELAY = 60.0
-# During a sink outage dispatch checks again after 1, 2, 4, 8 seconds, then every 15.
+# During a sink outage dispatch checks again after 1, 2, 4, 8 seconds, then every 15 (the
+# default of OUTBOX_OUTAGE_CHECK_MAX).
 OUTAGE_MAX_DELAY = 15.0
 
 
@@ -19,9 +20,10 @@ def refusal_delay(attempt: int, rand: Callable[[], float] = random.random) -> fl
     return rand() * min(REFUSAL_MAX_DELAY, 2.0 ** (max(attempt, 1) - 1))
 
 
-def outage_delay(probes: int) -> float:
-    """Seconds before the next check of a sink found unavailable ``probes`` times since it went.
+def outage_delay(probes: int, longest: float = OUTAGE_MAX_DELAY) -> float:
+    """Seconds before the next check of a sink found unavailable ``probes`` times since it went,
+    at most ``longest``.
 
     No jitter: one dispatcher at a time checks (see tasks.outages).
     """
-    return min(OUTAGE_MAX_DELAY, 2.0 ** max(probes, 0))
+    return min(longest, 2.0 ** max(probes, 0))

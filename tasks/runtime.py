@@ -60,7 +60,7 @@ class Runtime:
             sink=sink or redis_sink.RedisStreamSink(client, settings.stream_prefix),
             marks=QueuedMarks(client, settings.queued_prefix),
             kicked=KickedSet(client, settings.queued_prefix),
-            gate=SinkGate(store),
+            gate=SinkGate(store, longest_check=settings.outage_check_max),
             database=OutageLog("database"),
         )
 

@@ -22,6 +22,7 @@ from models.producer import (
     kick_by_default,
     max_payload_bytes,
 )
+from tasks import retry
 from tasks.drain import Limits
 from tasks.purge import DEFAULT_RETENTION, DURATION_FORMS, duration_setting
 
@@ -65,6 +66,7 @@ MAX_QUEUED_TTL = 86_400
 MAX_KICK_SECONDS = 60.0  # OUTBOX_KICK_LINGER, OUTBOX_KICK_TIMEOUT
 MAX_KICK_PAUSE = 3_600.0
 MAX_REDIS_TIMEOUT = 3_600.0
+MAX_OUTAGE_CHECK = 3_600.0
 MAX_DISPATCH_INTERVAL = 3_600.0
 MAX_TASK_SECONDS = 86_400.0  # the Celery time limits
 MAX_VISIBILITY_TIMEOUT = 7 * 86_400.0  # above the longest time limit
@@ -178,6 +180,12 @@ SECONDS = (
         MAX_REDIS_TIMEOUT,
         "socket and connect timeout, in seconds, for the sink's Redis",
     ),
+    Number(
+        "outage_check_max",
+        "OUTBOX_OUTAGE_CHECK_MAX",
+        MAX_OUTAGE_CHECK,
+        "longest seconds between dispatch's checks of a sink that is down (after 1, 2, 4, ...)",
+    ),
 )
 CELERY_SECONDS = (
     Number(
@@ -242,6 +250,7 @@ class Settings:
     kick_timeout: float = 0.05
     kick_pause: float = 5.0
     redis_timeout: float = 5.0
+    outage_check_max: float = retry.OUTAGE_MAX_DELAY
     retention: float = DEFAULT_RETENTION  # seconds a published event is kept (outbox.purge)
     # OUTBOX_REDIS_CLUSTER: True a Redis Cluster, False a single server, None: ask the server.
     redis_cluster: bool | None = None

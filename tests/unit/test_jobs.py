@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 from collections.abc import Sequence
 
 import pytest
@@ -222,6 +224,25 @@ def test_a_lost_drain_is_queued_again_once_its_mark_expires() -> None:
     parts.clock.advance(1)
     assert jobs.dispatch(parts.worker).enqueued == 1
     assert parts.sender.sent == [("outbox.drain_run", [run_id])] * 2
+
+
+def test_with_outbox_outage_check_max_dispatch_checks_a_sink_down_at_least_that_often(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    parts = Parts()
+    parts.worker = dataclasses.replace(parts.worker, gate=SinkGate(parts.health, parts.log, 2))
+    parts.store.seed(runs=1, events=1)
+    parts.marks.unavailable = "Redis unavailable: ConnectionError: refused"
+
+    for _ in range(40):  # 20 s of beat ticks, 0.5 s apart
+        jobs.dispatch(parts.worker)
+        parts.clock.advance(0.5)
+
+    checks = re.findall(r"\(check (\d+); next in (\d+)s\)", caplog.text)
+    # After 1 s, then every 2 s: ten checks in 20 s, each announcing the next in 2 s.
+    assert [int(n) for n, _ in checks] == list(range(1, len(checks) + 1))
+    assert 9 <= len(checks) <= 10
+    assert {next_in for _, next_in in checks} == {"2"}
 
 
 def test_dispatch_during_an_outage_checks_with_back_off_and_logs_a_line_per_check(

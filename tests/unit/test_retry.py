@@ -27,3 +27,8 @@ def test_the_sink_is_checked_again_after_a_growing_delay_capped_at_fifteen_secon
     probes: int, delay: float
 ) -> None:
     assert retry.outage_delay(probes) == delay
+
+
+@pytest.mark.parametrize(("probes", "delay"), [(0, 1), (1, 2), (2, 2), (100, 2)])
+def test_outbox_outage_check_max_caps_the_delay_between_checks(probes: int, delay: float) -> None:
+    assert retry.outage_delay(probes, longest=2) == delay
