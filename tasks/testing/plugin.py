@@ -13,7 +13,9 @@ touched until a test asks for a fixture. The fixtures:
   how to provide it, never a skip, and exit code 4 (``pytest.ExitCode.USAGE_ERROR``: the
   environment lacks a service; not 3, pytest's code for an internal error).
 * ``outbox_template`` (session): a migrated template database, one per session, or per xdist
-  worker. ``outbox_database``: a copy of it for this test alone, dropped afterwards;
+  worker. ``outbox_database``: a copy of it for this test alone, under a name no test used
+  before (afterwards emptied and kept for a later test if it is as the template left it and
+  nothing is connected to it, else dropped: ``tasks.testing.databases``);
   ``outbox_engine``, ``outbox_session_factory`` on it.
 * ``outbox_key_space``: this test's own Redis prefix (streams, marks, queue), deleted
   afterwards; ``outbox_redis``: a client of the test Redis.
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 
     from tasks import runtime
     from tasks.settings import Settings
+    from tasks.testing.databases import DatabasePool
     from tasks.testing.drainer import Drainer
     from tasks.testing.eager import RecordingKicker
     from tasks.testing.guard import Guard
@@ -109,14 +112,25 @@ def outbox_template(outbox_database_server: URL) -> Iterator[URL]:
     services.drop_database(outbox_database_server, str(url.database))
 
 
-@pytest.fixture
-def outbox_database(outbox_database_server: URL, outbox_template: URL) -> Iterator[URL]:
-    """A fresh, migrated database for this test alone, dropped afterwards."""
-    from tasks.testing import services
+@pytest.fixture(scope="session")
+def _outbox_database_pool(
+    outbox_database_server: URL, outbox_template: URL
+) -> Iterator[DatabasePool]:
+    """Copies of the template, each handed to one test at a time (``tasks.testing.databases``)."""
+    from tasks.testing.databases import DatabasePool
 
-    url = services.create_database(outbox_database_server, str(outbox_template.database))
+    pool = DatabasePool(outbox_database_server, str(outbox_template.database))
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def outbox_database(_outbox_database_pool: DatabasePool) -> Iterator[URL]:
+    """A migrated database for this test alone, with a name no test used before; afterwards
+    emptied and renamed for a later test if it is as the template left it, else dropped."""
+    url = _outbox_database_pool.acquire()
     yield url
-    services.drop_database(outbox_database_server, str(url.database))
+    _outbox_database_pool.release(url)
 
 
 @pytest.fixture
