@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.helpers import wait_until
 
@@ -64,12 +66,17 @@ class RedisServer:
 
     def _answers(self) -> bool:
         with contextlib.suppress(redis.RedisError):
-            return bool(self.client().ping())
+            return bool(self.probe().ping())
         return False
 
     def client(self, **options: object) -> redis.Redis:
         """A client of this server."""
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **options)  # type: ignore[arg-type]
+
+    def probe(self) -> redis.Redis:
+        """A client that asks once: redis-py's default retries with back-off make a call to a
+        server that is down take about 4 s to fail, which a poll for its state must not wait."""
+        return self.client(retry=Retry(NoBackoff(), 0), socket_connect_timeout=1)
 
     def pid(self) -> int | None:
         """The server's pid, if it runs."""
@@ -190,7 +197,7 @@ class RedisCluster:
 
     def _healthy(self) -> bool:
         with contextlib.suppress(redis.RedisError):
-            states = [node.client().execute_command("CLUSTER", "INFO") for node in self.nodes]
+            states = [node.probe().execute_command("CLUSTER", "INFO") for node in self.nodes]
             if not all(b"cluster_state:ok" in state for state in states):
                 return False
             check = subprocess.run(
