@@ -43,13 +43,16 @@ def test_an_idle_worker_at_info_logs_nothing_per_dispatch_tick(
 ) -> None:
     worker = celery_processes.start_worker()
     beat = celery_processes.start_beat(interval=TICK)
+    sent = "Sending due task outbox-dispatch (outbox.dispatch)"
+    # Beat's log first (cheap to read), then the worker's count (a `celery inspect` process).
+    wait_until(lambda: beat.read_log().count(sent) >= 15, 60, "beat to send 15 dispatches")
     wait_until(lambda: dispatches_run(celery_processes) >= 15, 60, "15 idle dispatch ticks")
     idle = worker.read_log().split(" ready.\n", 1)[1]
 
     # The worker ran 15 dispatches or more, each sent by beat, and logged no line since it
     # was ready. Beat keeps its line per tick, its sign of life.
     assert idle == ""
-    assert beat.read_log().count("Sending due task outbox-dispatch (outbox.dispatch)") >= 15
+    assert beat.read_log().count(sent) >= 15
 
     # A tick that finds work still says so, and the drain it queues logs its line.
     [run] = seed(Session, runs=1, events=3)
