@@ -65,13 +65,20 @@ def db_state(Session: sessionmaker[Session], run_id: uuid.UUID) -> tuple[int, in
     return int(next_seq or 0), sum(flags), len(flags) - sum(flags)
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+def came_true(condition: Callable[[], object], timeout: float) -> bool:
+    """Poll ``condition`` until it is true (True) or ``timeout`` seconds have passed (False)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            return False
         time.sleep(0.05)
+    return True
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    if not came_true(condition, timeout):
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def unreachable_redis() -> redis.Redis:

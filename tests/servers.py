@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.helpers import wait_until
+from tests.helpers import came_true, wait_until
 
 
 def free_port() -> int:
@@ -92,10 +91,7 @@ class RedisServer:
         if pid is None:
             return
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while self.pid() is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.pid() is not None:
+        if not came_true(lambda: self.pid() is None, 10):
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not self._answers() and self.pid() is None, 10, "redis to stop")
         self.pidfile.unlink(missing_ok=True)
@@ -260,14 +256,12 @@ class RedisCluster:
             pid = node.pid()
             if pid is not None:
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while any(node.pid() is not None for node in targets) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        came_true(lambda: all(node.pid() is None for node in targets), 10)
         for node in targets:
             pid = node.pid()
             if pid is not None:
                 os.kill(pid, signal.SIGKILL)
-        # Not RedisServer.stop: its check with redis-py's retries takes seconds per node.
+        # Not RedisServer.stop, which stops one server: the nodes stop side by side.
         wait_until(
             lambda: all(node.pid() is None and _refuses(node.port) for node in targets),
             10,

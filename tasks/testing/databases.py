@@ -17,6 +17,7 @@ dropped otherwise:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
@@ -74,7 +75,7 @@ SELECT md5(string_agg(item, E'\\n' ORDER BY item)) FROM (
 ) AS items
 """
 # Empty every table but the migrations' own, counters back to 1, then the rows the
-# migrations seed (0002: the sink's health record). tests/integration/test_plugin.py checks
+# migrations seed (0002: the sink's health record). tests/integration/test_databases.py checks
 # that an emptied database holds what a fresh copy holds.
 EMPTY = """
 TRUNCATE runs, run_events, run_outbox, sink_health RESTART IDENTITY CASCADE;
@@ -94,7 +95,6 @@ class DatabasePool:
         self.admin_url = admin_url
         self.template = template
         self.free: list[URL] = []
-        self.fingerprint = ""
         first = self.acquire()
         with psycopg.connect(libpq_url(first), autocommit=True) as conn:
             self.fingerprint = _fingerprint(conn)
@@ -140,16 +140,16 @@ class DatabasePool:
         query = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
             sql.Identifier(name), sql.Identifier(fresh)
         )
-        deadline = time.monotonic() + BACKENDS_WAIT
+
+        def renamed() -> bool:
+            try:
+                conn.execute(query)
+            except psycopg.errors.ObjectInUse:  # the backend we closed may still be ending
+                return False
+            return True
+
         with psycopg.connect(libpq_url(self.admin_url), autocommit=True) as conn:
-            while True:
-                try:
-                    conn.execute(query)
-                    return True
-                except psycopg.errors.ObjectInUse:  # the backend we closed may still be ending
-                    if time.monotonic() > deadline:
-                        return False
-                    time.sleep(0.01)
+            return _soon(renamed)
 
 
 def _fingerprint(conn: psycopg.Connection) -> str:
@@ -160,11 +160,19 @@ def _fingerprint(conn: psycopg.Connection) -> str:
 def _alone(conn: psycopg.Connection) -> bool:
     """Whether ``conn`` is the database's only connection, once the backends of connections
     just closed have had ``BACKENDS_WAIT`` to end."""
-    deadline = time.monotonic() + BACKENDS_WAIT
-    while True:
+
+    def no_other() -> bool:
         row = conn.execute(OTHERS_CONNECTED).fetchone()
-        if row is not None and row[0] == 0:
-            return True
+        return row is not None and row[0] == 0
+
+    return _soon(no_other)
+
+
+def _soon(condition: Callable[[], bool]) -> bool:
+    """Whether ``condition`` comes true within ``BACKENDS_WAIT`` (polled every 10 ms)."""
+    deadline = time.monotonic() + BACKENDS_WAIT
+    while not condition():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
+    return True

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from sqlalchemy import text
 from models import embedded
 from models.db import libpq_url, make_engine, normalize_url
 from tasks.services_cli import services
+from tests.helpers import came_true
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -45,12 +45,7 @@ def _gone(pid: int) -> bool:
 
 
 def _wait_gone(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _gone(pid):
-            return True
-        time.sleep(0.05)
-    return False
+    return came_true(lambda: _gone(pid), timeout)
 
 
 @pytest.fixture
