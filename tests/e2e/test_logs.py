@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 from typing import Any
 
@@ -22,8 +23,11 @@ TICK = 0.2  # OUTBOX_DISPATCH_INTERVAL: five dispatches a second
 
 def dispatches_run(celery_processes: Workers) -> int:
     """How many outbox.dispatch tasks this test's worker has run (`celery inspect stats`)."""
+    # Asked by name, the worker's reply ends the call; a broadcast waits out its timeout.
+    first_worker = f"{celery_processes.queue}-0@{socket.gethostname()}"  # Workers' naming
+    inspect = ("inspect", "stats", "--json", "--timeout", "5", "--destination", first_worker)
     done = subprocess.run(
-        [*processes.celery_command("inspect", "stats", "--json", "--timeout", "5")],
+        [*processes.celery_command(*inspect)],
         cwd=processes.PROJECT_ROOT,
         env=celery_processes.env,
         capture_output=True,

@@ -144,7 +144,7 @@ SCENARIOS = (
             "two workers; `kill -9` of a worker's main process (the suite, as its supervisor, "
             "starts a new one) or of one of its pool processes, by turns, while the producer "
             "appends. The Redis broker loses the drains a killed worker held; their runs are "
-            "queued again once their marks expire (`OUTBOX_QUEUED_TTL`, 30 s)."
+            "queued again once their marks expire (`OUTBOX_QUEUED_TTL`, 10 s in every scenario)."
         ),
     ),
     (
@@ -200,7 +200,7 @@ SCENARIOS = (
             "(soft) and 20 s: no task may run past them, and no lock may outlive its drain. "
             "A stall leaves queued marks behind whose drains were never sent (a mark's `SET` "
             "reached Redis after its caller had given up): those runs wait for the marks to "
-            "expire (`OUTBOX_QUEUED_TTL`, 30 s), which is most of this scenario's settling."
+            "expire (`OUTBOX_QUEUED_TTL`, 10 s), which is most of this scenario's settling."
         ),
     ),
     (
