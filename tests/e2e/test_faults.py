@@ -50,8 +50,9 @@ def test_a_sink_outage_logs_once_when_it_starts_once_per_check_and_once_when_it_
     runs = seed(Session, runs=3, events=2)
     # Checks 1 s, then 2 s apart at most (OUTBOX_OUTAGE_CHECK_MAX; 15 s by default), so the
     # sink's return is seen within 2 s: the back-off's doubling below that is unit-tested.
-    celery_processes.start_worker(OUTBOX_REDIS_URL=sink_server.url, OUTBOX_OUTAGE_CHECK_MAX="2")
-    celery_processes.start_beat(interval=0.2)
+    with celery_processes.together():
+        celery_processes.start_worker(OUTBOX_REDIS_URL=sink_server.url, OUTBOX_OUTAGE_CHECK_MAX="2")
+        celery_processes.start_beat(interval=0.2)
     wait_until(lambda: drained(Session, runs, 2), 30, "the first events to be drained")
 
     sink_server.stop()
@@ -135,8 +136,9 @@ def test_runs_whose_drains_a_killed_worker_held_unstarted_are_drained_within_a_m
     doomed.stop()
     runs_table_locked.rollback()
     started = time.monotonic()
-    celery_processes.start_worker(OUTBOX_GROUP_SIZE="1", **SHORT_TTL)
-    celery_processes.start_beat(interval=0.5, **SHORT_TTL)
+    with celery_processes.together():
+        celery_processes.start_worker(OUTBOX_GROUP_SIZE="1", **SHORT_TTL)
+        celery_processes.start_beat(interval=0.5, **SHORT_TTL)
     wait_until(lambda: drained(Session, runs, 3), 60, "every run to be drained")
     took = time.monotonic() - started
 

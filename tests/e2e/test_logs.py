@@ -45,8 +45,9 @@ def test_an_idle_worker_at_info_logs_nothing_per_dispatch_tick(
     Session: sessionmaker[Session],
     celery_processes: Workers,
 ) -> None:
-    worker = celery_processes.start_worker()
-    beat = celery_processes.start_beat(interval=TICK)
+    with celery_processes.together():
+        worker = celery_processes.start_worker()
+        beat = celery_processes.start_beat(interval=TICK)
     sent = "Sending due task outbox-dispatch (outbox.dispatch)"
     # Beat's log first (cheap to read), then the worker's count (a `celery inspect` process).
     wait_until(lambda: beat.read_log().count(sent) >= 15, 60, "beat to send 15 dispatches")
@@ -85,8 +86,9 @@ def test_with_json_logs_every_record_is_one_json_object_with_its_fields(
     celery_processes: Workers,
 ) -> None:
     [run] = seed(Session, runs=1, events=3)
-    worker = celery_processes.start_worker(OUTBOX_LOG_FORMAT="json")
-    beat = celery_processes.start_beat(interval=TICK, OUTBOX_LOG_FORMAT="json")
+    with celery_processes.together():
+        worker = celery_processes.start_worker(OUTBOX_LOG_FORMAT="json")
+        beat = celery_processes.start_beat(interval=TICK, OUTBOX_LOG_FORMAT="json")
     wait_until(lambda: f"drain of run {run}" in worker.read_log(), 60, "the drain's line")
 
     logs = worker.read_log() + beat.read_log()

@@ -122,8 +122,9 @@ def test_no_credential_appears_in_logs_task_results_the_report_or_cli_output(
         "CELERY_RESULT_BACKEND": f"{redis_url}/2",
     }
     runs = seed(Session, runs=2, events=2)
-    celery_processes.start_worker(concurrency=1, **env)
-    celery_processes.start_beat(interval=0.2, **env)
+    with celery_processes.together():
+        celery_processes.start_worker(concurrency=1, **env)
+        celery_processes.start_beat(interval=0.2, **env)
     sink = server.client(password=redis_password)
     for run_id in runs:
         wait_until(lambda run_id=run_id: db_state(Session, run_id) == (3, 2, 0), 30, "drained")
@@ -234,8 +235,9 @@ def test_workers_and_producers_run_under_the_least_privileged_roles_of_the_secur
         refused = runs[2]
         redis_client.set(stream_key(settings.stream_prefix, refused), "not a stream")
         worker_env = {"OUTBOX_DATABASE_URL": worker_url.render_as_string(hide_password=False)}
-        celery_processes.start_worker(concurrency=1, **worker_env)
-        celery_processes.start_beat(interval=0.2, **worker_env)
+        with celery_processes.together():
+            celery_processes.start_worker(concurrency=1, **worker_env)
+            celery_processes.start_beat(interval=0.2, **worker_env)
 
         for run_id in runs[:2]:
             wait_until(lambda run_id=run_id: db_state(Session, run_id) == (3, 2, 0), 30, "drain")

@@ -130,7 +130,7 @@ def test_a_drain_stuck_in_its_batch_is_cancelled_after_the_timeout_and_its_batch
 ) -> None:
     events = 50
     run = seed_many(Session, events)
-    timeout = 3.0
+    timeout = 1.0
     worker = celery_processes.start_worker(concurrency=1, OUTBOX_SHUTDOWN_TIMEOUT=str(timeout))
     runs_table_locked.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
     celery_processes.call("outbox.drain_run", str(run))

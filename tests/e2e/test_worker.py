@@ -15,6 +15,7 @@ from models import RunOutbox
 from tasks import Status, drain_outbox_for_run
 from tasks.redis_sink import RedisStreamSink, stream_key
 from tasks.settings import Settings
+from tasks.testing import processes
 from tasks.testing.workers import Workers
 from tests.helpers import append, db_state, seed, stream_seqs, wait_until
 from tests.workers import BROKERS
@@ -69,8 +70,11 @@ def test_seeding_and_draining_by_hand_while_worker_and_beat_run_never_crashes_or
 ) -> None:
     # The original failure: a background drainer (here a real worker fed by beat every 0.1 s)
     # consumed rows a test had just seeded, and the test's own drain then crashed.
-    celery_processes.start_worker(concurrency=2)
-    beat = celery_processes.start_beat(interval=0.1)
+    with celery_processes.together():  # started side by side, both ready when the block ends
+        worker = celery_processes.start_worker(concurrency=2)
+        beat = celery_processes.start_beat(interval=0.1)
+    assert processes.WORKER_READY in worker.read_log()
+    assert processes.BEAT_READY in beat.read_log()
     wait_until(lambda: "outbox.dispatch" in beat.log.read_text(), 30, "beat's first dispatch")
     statuses: set[Status] = set()
 
@@ -98,8 +102,9 @@ def test_a_real_worker_retries_a_refused_run_with_backoff_then_parks_it(
 ) -> None:
     [run_id] = seed(Session, events=2)
     redis_client.set(stream_key(settings.stream_prefix, run_id), "not a stream")
-    celery_processes.start_worker()
-    celery_processes.start_beat(interval=0.2)  # dispatch queues each retry when it is due
+    with celery_processes.together():
+        celery_processes.start_worker()
+        celery_processes.start_beat(interval=0.2)  # dispatch queues each retry when it is due
 
     def parked() -> bool:
         with Session() as session:

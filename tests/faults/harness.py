@@ -36,13 +36,19 @@ from tests.faults import checker
 from tests.faults.report import Figures
 from tests.servers import RedisServer, TcpProxy
 
-# What the workers of every scenario run with, besides the database, sink and queue: the
-# defaults, but for the attempts before parking (the harness sets 3 for the other tests).
-# Queued marks last 10 s instead of 30: a drain lost to a fault (a killed worker's, a mark set
-# after its caller gave up) holds its runs back that long, and that is most of what settling
-# waits for. The behaviour is the default's; only the wait is shorter.
+# What the workers, beats and producers of every scenario run with, besides the database, sink
+# and queue: the defaults, except that the waits which follow a fault are shorter (the
+# behaviour is the default's; most of a scenario's settling is these waits):
+# - queued marks last 10 s, not 30: a drain lost to a fault (a killed worker's, a mark set
+#   after its caller gave up) holds its runs back that long;
+# - dispatch checks a sink that is down at most 2 s apart, not 15, so its return is seen soon;
+# - 10 attempts before a run is parked (the harness sets 3 for the other tests).
 QUEUED_TTL = 10
-SCENARIO_ENV = {"OUTBOX_QUEUED_TTL": str(QUEUED_TTL)}  # workers, beats and producers
+OUTAGE_CHECK_MAX = 2
+SCENARIO_ENV = {
+    "OUTBOX_QUEUED_TTL": str(QUEUED_TTL),
+    "OUTBOX_OUTAGE_CHECK_MAX": str(OUTAGE_CHECK_MAX),
+}
 WORKER_ENV = SCENARIO_ENV | {"OUTBOX_MAX_ATTEMPTS": "10"}
 DISPATCH_INTERVAL = 0.5  # seconds between beat's dispatches
 
@@ -171,6 +177,10 @@ class Scenario:
             "OUTBOX_REDIS_URL": self.sink_url,
         }
         return WORKER_ENV | base | dict(extra or {})
+
+    def together(self) -> contextlib.AbstractContextManager[None]:
+        """Start the block's workers and beats side by side (``Workers.together``)."""
+        return self.celery.together()
 
     def start_worker(
         self, concurrency: int = 2, extra: Mapping[str, str] | None = None

@@ -29,7 +29,7 @@ PLANS: dict[str, dict[str, Plan]] = {
         "large": Plan(runs=200, events=20_000, seconds=110, faults=24, settle_limit=LARGE_SETTLE),
     },
     "sink restart": {
-        "bounded": Plan(runs=20, events=600, seconds=8, faults=2, settle_limit=BOUNDED_SETTLE),
+        "bounded": Plan(runs=20, events=450, seconds=6, faults=2, settle_limit=BOUNDED_SETTLE),
         "large": Plan(runs=100, events=8_000, seconds=60, faults=6, settle_limit=LARGE_SETTLE),
     },
     "database": {
@@ -45,11 +45,11 @@ PLANS: dict[str, dict[str, Plan]] = {
         "large": Plan(runs=100, events=8_000, seconds=60, faults=30, settle_limit=LARGE_SETTLE),
     },
     "proxy": {
-        "bounded": Plan(runs=20, events=600, seconds=12, faults=3, settle_limit=BOUNDED_SETTLE),
+        "bounded": Plan(runs=20, events=450, seconds=9, faults=3, settle_limit=BOUNDED_SETTLE),
         "large": Plan(runs=100, events=8_000, seconds=72, faults=12, settle_limit=LARGE_SETTLE),
     },
     "oom": {
-        "bounded": Plan(runs=20, events=600, seconds=8, faults=2, settle_limit=BOUNDED_SETTLE),
+        "bounded": Plan(runs=20, events=450, seconds=6, faults=2, settle_limit=BOUNDED_SETTLE),
         "large": Plan(runs=100, events=8_000, seconds=60, faults=6, settle_limit=LARGE_SETTLE),
     },
 }

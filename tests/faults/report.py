@@ -115,7 +115,9 @@ own (copied from the migrated template) with a PostgreSQL role of its own holdin
 worker's privileges of the [least-privilege snippet](security.md), a
 private `redis-server` as the sink on a free port, its own broker queue, real `celery worker`
 (prefork) and `celery beat` (dispatching every 0.5 s) subprocesses under that role, with the
-other settings at their defaults, and a producer process appending
+other settings at their defaults but for shorter waits after a fault (queued marks expire
+after 10 s, `OUTBOX_QUEUED_TTL`, and a sink that is down is checked at least every 2 s,
+`OUTBOX_OUTAGE_CHECK_MAX`), and a producer process appending
 events throughout with `models.append_event` (3 threads, one transaction in 3 kicking a
 drain). At the end, one checker (`tests/faults/checker.py`) compares every run's stream with
 the database through `tasks.verify` (what `outbox verify --all` runs), and reads the workers'
@@ -144,7 +146,7 @@ SCENARIOS = (
             "two workers; `kill -9` of a worker's main process (the suite, as its supervisor, "
             "starts a new one) or of one of its pool processes, by turns, while the producer "
             "appends. The Redis broker loses the drains a killed worker held; their runs are "
-            "queued again once their marks expire (`OUTBOX_QUEUED_TTL`, 10 s in every scenario)."
+            "queued again once their marks expire (`OUTBOX_QUEUED_TTL`, 10 s)."
         ),
     ),
     (
@@ -196,7 +198,7 @@ SCENARIOS = (
         (
             "the workers and producers reach the sink through a TCP proxy that the suite owns. By "
             "turns it delays every chunk, stalls (accepts connections and forwards nothing), and "
-            "drops every connection. `OUTBOX_REDIS_TIMEOUT` is 2 s and the task time limits 10 s "
+            "drops every connection. `OUTBOX_REDIS_TIMEOUT` is 1 s and the task time limits 10 s "
             "(soft) and 20 s: no task may run past them, and no lock may outlive its drain. "
             "A stall leaves queued marks behind whose drains were never sent (a mark's `SET` "
             "reached Redis after its caller had given up): those runs wait for the marks to "

@@ -24,9 +24,10 @@ def test_the_workers_database_connections_killed_again_and_again_lose_nothing(
     size = plan("database", fault_size)
     runs = scenario.create_runs(size.runs)
     scenario.start_sink()
-    scenario.start_worker()
-    scenario.start_worker()
-    scenario.start_beat()
+    with scenario.together():
+        scenario.start_worker()
+        scenario.start_worker()
+        scenario.start_beat()
     scenario.start_producer(runs, size.events, size.seconds)
     terminated: list[int] = []
 
@@ -52,9 +53,10 @@ def test_runs_deleted_while_they_drain_end_cleanly_and_reused_ids_end_parked_unp
     size = plan("deletes", fault_size)
     runs = scenario.create_runs(size.runs)
     scenario.start_sink()
-    scenario.start_worker()
-    scenario.start_worker()
-    scenario.start_beat()
+    with scenario.together():
+        scenario.start_worker()
+        scenario.start_worker()
+        scenario.start_beat()
     scenario.start_producer(runs, size.events, size.seconds)
     chooser = random.Random(11)
     left = list(runs)

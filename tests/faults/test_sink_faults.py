@@ -31,9 +31,10 @@ def test_a_sink_killed_and_restarted_with_aof_loses_nothing(
     size = plan("sink restart", fault_size)
     runs = scenario.create_runs(size.runs)
     server = scenario.start_sink("--appendonly", "yes", "--appendfsync", "always")
-    scenario.start_worker()
-    scenario.start_worker()
-    scenario.start_beat()
+    with scenario.together():
+        scenario.start_worker()
+        scenario.start_worker()
+        scenario.start_beat()
     scenario.start_producer(runs, size.events, size.seconds)
 
     def restart(_: int) -> None:
@@ -59,9 +60,10 @@ def test_a_sink_restarted_without_persistence_loses_what_verify_reports_and_repl
     size = plan("sink restart", fault_size)
     runs = scenario.create_runs(size.runs)
     server = scenario.start_sink()  # --save "" --appendonly no: a restart loses everything
-    scenario.start_worker()
-    scenario.start_worker()
-    scenario.start_beat()
+    with scenario.together():
+        scenario.start_worker()
+        scenario.start_worker()
+        scenario.start_beat()
     scenario.start_producer(runs, size.events, size.seconds)
     stops: list[str] = []
 
@@ -122,16 +124,16 @@ def operator(scenario: Scenario, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-# Settings for the proxied sink: a stalled call ends after 2 s, a task after 10 s at most.
+# Settings for the proxied sink: a stalled call ends after 1 s, a task after 10 s at most.
 PROXIED = {
-    "OUTBOX_REDIS_TIMEOUT": "2",
+    "OUTBOX_REDIS_TIMEOUT": "1",
     "CELERY_TASK_SOFT_TIME_LIMIT": "10",
     "CELERY_TASK_TIME_LIMIT": "20",
 }
 PROXY_FAULTS = (("delay", 0.2), ("stall", 0.0), ("drop", 0.0))
 # Seconds each of the proxy's faults lasts: a stall longer than a call's timeout and its one
-# retry (2 x 2 s), so that it is an outage, not a slow call.
-FAULT_LENGTH = 5.0
+# retry (2 x 1 s), so that it is an outage, not a slow call.
+FAULT_LENGTH = 3.0
 TASK_TIME = re.compile(r"Task (outbox\.[a-z_]+)\[[^\]]+\] succeeded in ([0-9.]+)s")
 
 
@@ -141,9 +143,10 @@ def test_a_slow_stalled_or_dropping_sink_keeps_time_limits_and_releases_every_lo
     size = plan("proxy", fault_size)
     runs = scenario.create_runs(size.runs)
     proxy = scenario.start_proxy(scenario.start_sink())
-    scenario.start_worker(extra=PROXIED)
-    scenario.start_worker(extra=PROXIED)
-    scenario.start_beat(extra=PROXIED)
+    with scenario.together():
+        scenario.start_worker(extra=PROXIED)
+        scenario.start_worker(extra=PROXIED)
+        scenario.start_beat(extra=PROXIED)
     scenario.start_producer(runs, size.events, size.seconds)
     done = {mode: 0 for mode, _ in PROXY_FAULTS}
 
@@ -180,9 +183,10 @@ def test_a_sink_out_of_memory_parks_no_run_and_everything_is_published_after_it(
     server = scenario.start_sink()
     admin = server.client()
     admin.config_set("maxmemory-policy", "noeviction")
-    scenario.start_worker()
-    scenario.start_worker()
-    scenario.start_beat()
+    with scenario.together():
+        scenario.start_worker()
+        scenario.start_worker()
+        scenario.start_beat()
     scenario.start_producer(runs, size.events, size.seconds)
     refused = re.compile(r"OutOfMemoryError|\bOOM\b")
 

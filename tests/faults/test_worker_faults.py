@@ -21,8 +21,9 @@ def test_workers_killed_with_kill_9_parents_and_pool_children_lose_and_duplicate
     size = plan("kill", fault_size)
     runs = scenario.create_runs(size.runs)
     scenario.start_sink()
-    workers = [scenario.start_worker(), scenario.start_worker()]
-    scenario.start_beat()
+    with scenario.together():
+        workers = [scenario.start_worker(), scenario.start_worker()]
+        scenario.start_beat()
     scenario.start_producer(runs, size.events, size.seconds)
     chooser = random.Random(7)
     kills = {"parent": 0, "pool child": 0}
@@ -67,8 +68,9 @@ def test_four_workers_and_two_beats_on_one_database_publish_everything_once_in_o
     size = plan("crowd", fault_size)
     runs = scenario.create_runs(size.runs)
     scenario.start_sink()
-    for _ in range(4):
-        scenario.start_worker(concurrency=1)
+    with scenario.together():
+        for _ in range(4):
+            scenario.start_worker(concurrency=1)
     with scenario.fault():  # the fault: a second beat, dispatching the same runs
         scenario.start_beat()
         scenario.start_beat()
