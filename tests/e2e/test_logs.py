@@ -8,24 +8,25 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.testing import processes
+from tasks.testing.processes import CeleryProcess
 from tasks.testing.workers import Workers
 from tests.helpers import db_state, seed, wait_until
 
 TICK = 0.2  # OUTBOX_DISPATCH_INTERVAL: five dispatches a second
 
 
-def dispatches_run(celery_processes: Workers) -> int:
-    """How many outbox.dispatch tasks this test's worker has run (`celery inspect stats`)."""
-    # Asked by name, the worker's reply ends the call; a broadcast waits out its timeout.
-    first_worker = f"{celery_processes.queue}-0@{socket.gethostname()}"  # Workers' naming
-    inspect = ("inspect", "stats", "--json", "--timeout", "5", "--destination", first_worker)
+def dispatches_run(celery_processes: Workers, worker: CeleryProcess) -> int:
+    """How many outbox.dispatch tasks ``worker`` has run (`celery inspect stats`)."""
+    # Asked by name, the worker's reply ends the call; a broadcast waits out its timeout. The
+    # name is the one the worker's ready line gives.
+    [node] = re.findall(r"(\S+@\S+) ready\.", worker.read_log())
+    inspect = ("inspect", "stats", "--json", "--timeout", "5", "--destination", node)
     done = subprocess.run(
         [*processes.celery_command(*inspect)],
         cwd=processes.PROJECT_ROOT,
@@ -51,7 +52,7 @@ def test_an_idle_worker_at_info_logs_nothing_per_dispatch_tick(
     sent = "Sending due task outbox-dispatch (outbox.dispatch)"
     # Beat's log first (cheap to read), then the worker's count (a `celery inspect` process).
     wait_until(lambda: beat.read_log().count(sent) >= 15, 60, "beat to send 15 dispatches")
-    wait_until(lambda: dispatches_run(celery_processes) >= 15, 60, "15 idle dispatch ticks")
+    wait_until(lambda: dispatches_run(celery_processes, worker) >= 15, 60, "15 idle dispatch ticks")
     idle = worker.read_log().split(" ready.\n", 1)[1]
 
     # The worker ran 15 dispatches or more, each sent by beat, and logged no line since it

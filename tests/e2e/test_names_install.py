@@ -21,12 +21,13 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import came_true
 
 pytestmark = pytest.mark.e2e
 
@@ -155,11 +156,14 @@ def worker(install: Install, cwd: Path, log: Path, **env: str) -> Iterator[subpr
 
 def wait_for(log: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 60) -> str:
     """The log once it holds ``text``; fails with the log if the process exits or time is up."""
-    deadline = time.monotonic() + timeout
-    while text not in (content := log.read_text(errors="replace")):
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"the worker did not log {text!r}:\n{content}", pytrace=False)
-        time.sleep(0.1)
+
+    def logged() -> bool:
+        return text in log.read_text(errors="replace")
+
+    came_true(lambda: logged() or process.poll() is not None, timeout)
+    content = log.read_text(errors="replace")
+    if text not in content:
+        pytest.fail(f"the worker did not log {text!r}:\n{content}", pytrace=False)
     return content
 
 

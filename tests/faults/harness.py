@@ -34,6 +34,7 @@ from tasks.testing.processes import CeleryProcess
 from tasks.testing.workers import Workers
 from tests.faults import checker
 from tests.faults.report import Figures
+from tests.helpers import came_true
 from tests.servers import RedisServer, TcpProxy
 
 # What the workers, beats and producers of every scenario run with, besides the database, sink
@@ -43,12 +44,7 @@ from tests.servers import RedisServer, TcpProxy
 #   after its caller gave up) holds its runs back that long;
 # - dispatch checks a sink that is down at most 2 s apart, not 15, so its return is seen soon;
 # - 10 attempts before a run is parked (the harness sets 3 for the other tests).
-QUEUED_TTL = 10
-OUTAGE_CHECK_MAX = 2
-SCENARIO_ENV = {
-    "OUTBOX_QUEUED_TTL": str(QUEUED_TTL),
-    "OUTBOX_OUTAGE_CHECK_MAX": str(OUTAGE_CHECK_MAX),
-}
+SCENARIO_ENV = {"OUTBOX_QUEUED_TTL": "10", "OUTBOX_OUTAGE_CHECK_MAX": "2"}
 WORKER_ENV = SCENARIO_ENV | {"OUTBOX_MAX_ATTEMPTS": "10"}
 DISPATCH_INTERVAL = 0.5  # seconds between beat's dispatches
 
@@ -292,14 +288,12 @@ class Scenario:
         """Wait until every committed event is published (the reused runs' apart); return the
         seconds since the last fault ended. Fails after ``limit`` seconds."""
         assert self.last_fault_end is not None, "no fault was injected"
-        deadline = self.last_fault_end + limit
-        while self.pending():
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{self.name}: {self.pending()} events still pending {limit:.0f}s after the "
-                    f"last fault\n{self.celery.logs()[-5000:]}"
-                )
-            time.sleep(0.1)
+        left = self.last_fault_end + limit - time.monotonic()
+        if not came_true(lambda: not self.pending(), left):
+            raise AssertionError(
+                f"{self.name}: {self.pending()} events still pending {limit:.0f}s after the "
+                f"last fault\n{self.celery.logs()[-5000:]}"
+            )
         return time.monotonic() - self.last_fault_end
 
     # The end.
@@ -385,11 +379,9 @@ class Scenario:
 def no_locks_left(Session: sessionmaker[Session], timeout: float = 15) -> None:
     """Wait until no session holds a row of ``runs`` or ``run_outbox``: a drain that began just
     before may hold one for a moment, but none may keep it."""
-    deadline = time.monotonic() + timeout
-    while (held := checker.locked_runs(Session)) != (0, 0):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"runs still locked {timeout}s after settling: {held}")
-        time.sleep(0.1)
+    if not came_true(lambda: checker.locked_runs(Session) == (0, 0), timeout):
+        held = checker.locked_runs(Session)
+        raise AssertionError(f"runs still locked {timeout}s after settling: {held}")
 
 
 def stop_redis(server: RedisServer) -> None:
@@ -403,10 +395,7 @@ def kill_redis(server: RedisServer) -> None:
     pid = server.pid()
     assert pid is not None, "the sink is not running"
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while alive(pid):
-        assert time.monotonic() < deadline, f"redis-server {pid} survived kill -9"
-        time.sleep(0.02)
+    assert came_true(lambda: not alive(pid), 10), f"redis-server {pid} survived kill -9"
     server.pidfile.unlink(missing_ok=True)
 
 

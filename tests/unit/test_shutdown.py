@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -24,7 +23,7 @@ from tests.fakes import (
     InMemoryStore,
     RecordingSender,
 )
-from tests.helpers import wait_until
+from tests.helpers import came_true, wait_until
 
 
 class StopAfter:
@@ -127,10 +126,7 @@ def flag() -> Iterator[None]:
 
 
 def _wait_for_the_flag(seen: multiprocessing.synchronize.Event) -> None:
-    deadline = time.monotonic() + 30
-    while not shutdown.requested() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if shutdown.requested():
+    if came_true(shutdown.requested, 30):
         seen.set()
 
 
